@@ -1,0 +1,63 @@
+"""Hinton's knowledge-distillation loss: the temperature-scaled KL divergence."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import check_logits_pair, check_positive, check_reduction, compute_dtype, reduce
+from ._precision import full_precision
+
+
+@full_precision
+def kl_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Temperature-scaled KL divergence of Hinton et al., "Distilling the Knowledge in a Neural Network" (2015).
+
+    .. math::
+        \ell_b = T^2 \sum_j p_j \left(\log p_j - \log q_j\right),\quad
+        p = \mathrm{softmax}(t_b / T),\; q = \mathrm{softmax}(s_b / T)
+
+    Gradients flow into both inputs; detach ``teacher_logits`` (or compute them under ``no_grad``)
+    for a frozen teacher. The arithmetic runs in float32 even under bf16/fp16 autocast.
+
+    Args:
+        student_logits: ``s``, shape ``[B, C]``.
+        teacher_logits: ``t``, shape ``[B, C]``, the target distribution's logits.
+        temperature: ``T > 0``; the loss carries the usual ``T^2`` factor.
+        reduction: ``"mean"`` over the batch (not over ``B*C`` elements), ``"sum"`` or ``"none"`` (``[B]``).
+
+    Returns:
+        A scalar, or the ``[B]`` per-sample losses when ``reduction="none"``.
+
+    Example:
+        >>> s, t = torch.randn(8, 10), torch.randn(8, 10)
+        >>> kl_loss(s, t, temperature=4.0).shape
+        torch.Size([])
+    """
+    check_logits_pair(student_logits, teacher_logits)
+    check_positive("temperature", temperature)
+    check_reduction(reduction)
+    dtype = compute_dtype(student_logits, teacher_logits)
+    log_q = F.log_softmax(student_logits.to(dtype) / temperature, dim=1)
+    log_p = F.log_softmax(teacher_logits.to(dtype) / temperature, dim=1)
+    per_sample = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=1)
+    return reduce(per_sample * temperature**2, reduction)
+
+
+class KLLoss(nn.Module):
+    """Module form of :func:`kl_loss`; call as ``loss(student_logits, teacher_logits)``."""
+
+    def __init__(self, temperature: float = 1.0, reduction: str = "mean") -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.reduction = reduction
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        return kl_loss(student_logits, teacher_logits, temperature=self.temperature, reduction=self.reduction)
