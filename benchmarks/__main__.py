@@ -1,0 +1,29 @@
+"""Run every ``benchmarks/bench_*.py`` (each has ``main(argv)``), or only those named on the command line.
+
+Usage: ``python -m benchmarks [--device cuda] [--only losses,attacks]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+
+import benchmarks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", default="", help="comma-separated benchmark names (bench_<name>.py)")
+    args, rest = parser.parse_known_args()
+    names = sorted(m.name[len("bench_") :] for m in pkgutil.iter_modules(benchmarks.__path__) if m.name.startswith("bench_"))
+    chosen = [n for n in names if not args.only or n in args.only.split(",")]
+    if args.only and len(chosen) != len(args.only.split(",")):
+        raise SystemExit(f"unknown benchmark in --only={args.only}; available: {', '.join(names)}")
+    for name in chosen:
+        print(f"== bench_{name} ==", flush=True)
+        importlib.import_module(f"benchmarks.bench_{name}").main(rest)
+
+
+if __name__ == "__main__":
+    main()
