@@ -38,7 +38,7 @@ def check_weights(weights: torch.Tensor, logits: torch.Tensor) -> None:
             f"weights must have the logits' shape {tuple(logits.shape)} (one row of class weights per "
             f"sample, e.g. class_prior.weights(targets)), got {tuple(weights.shape)}"
         )
-    if bool((weights < 0).any()):
+    if weights.numel() and float(weights.min()) < 0:
         raise ValueError("weights must be non-negative (they are class probabilities), found negative entries")
 
 

@@ -24,6 +24,11 @@ import torch
 import torch.nn.functional as F
 
 
+def vecdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot product ``[B, C] x [B, C] -> [B, 1]`` without a ``[B, C]`` temporary."""
+    return torch.linalg.vecdot(a, b, dim=1).unsqueeze(1)
+
+
 class DecoupledTerms(torch.autograd.Function):
     """Per-sample ``mse_scale * wMSE + ce_weight * sCE`` with closed-form gradients.
 
@@ -43,13 +48,15 @@ class DecoupledTerms(torch.autograd.Function):
         mse_on_student: bool,
         normalize_mass: bool,
     ) -> torch.Tensor:
+        # In-place updates and vecdot keep the number of [B, C] temporaries at the minimum: on CPU each
+        # fresh temporary of that size costs about as much as the arithmetic done on it.
         diff = teacher - student
         mass = weights.sum(dim=1, keepdim=True)
         # A row of all-zero weights has wMSE = 0; clamping keeps its weighted mean finite.
-        weighted_mean = (weights * diff).sum(dim=1, keepdim=True) / mass.clamp_min(torch.finfo(mass.dtype).tiny)
-        centred = diff - weighted_mean
+        weighted_mean = vecdot(weights, diff) / mass.clamp_min(torch.finfo(mass.dtype).tiny)
+        centred = diff.sub_(weighted_mean)
         weighted = weights * centred
-        spread = (weighted * centred).sum(dim=1, keepdim=True)
+        spread = vecdot(weighted, centred)
         mse = 0.5 * mass * spread
         mass_norm = (mass * mass).mean() if normalize_mass else None
         mse_scale = mse_weight / mass_norm if normalize_mass else mse_weight
@@ -58,12 +65,13 @@ class DecoupledTerms(torch.autograd.Function):
             student, teacher = student / temperature, teacher / temperature
         log_q = F.log_softmax(student, dim=1)
         p = F.softmax(teacher, dim=1)
-        neg_ce = (p * log_q).sum(dim=1, keepdim=True)
+        neg_ce = vecdot(p, log_q)
 
-        ctx.save_for_backward(weighted, centred, mass, spread, mse, log_q, p, mass_norm)
+        need_weights = ctx.needs_input_grad[2]
+        ctx.save_for_backward(weighted, centred if need_weights else None, mass, spread, mse, log_q, p, mass_norm)
         ctx.options = (mse_weight, ce_weight, temperature, mse_on_student, normalize_mass)
         ctx.mse_scale = mse_scale
-        return (mse_scale * mse - ce_weight * neg_ce).squeeze(1)
+        return (mse_scale * mse).sub_(neg_ce, alpha=ce_weight).squeeze(1)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -73,14 +81,13 @@ class DecoupledTerms(torch.autograd.Function):
         g_mse = g * ctx.mse_scale * mass
         need_student, need_teacher, need_weights = ctx.needs_input_grad[:3]
 
-        grad_teacher_mse = g_mse * weighted if (need_teacher or (need_student and mse_on_student)) else None
         grad_student = grad_teacher = grad_weights = None
         if need_student:
-            grad_student = (g * (ce_weight / temperature)) * (log_q.exp() - p)
+            grad_student = torch.exp(log_q).sub_(p).mul_(g * (ce_weight / temperature))
             if mse_on_student:
-                grad_student = grad_student - grad_teacher_mse
+                grad_student.addcmul_(g_mse, weighted, value=-1.0)
         if need_teacher:
-            grad_teacher = grad_teacher_mse
+            grad_teacher = g_mse * weighted
         if need_weights:
             grad_weights = (0.5 * g * ctx.mse_scale) * (mass * centred * centred + spread)
             if normalize_mass:

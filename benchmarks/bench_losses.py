@@ -1,0 +1,142 @@
+"""Forward+backward time and peak extra memory of ikl_loss / gkl_loss vs plain KL and the pairwise form.
+
+Targets (issue 2): ikl/gkl at most 1.5x plain KL at every size; at least 1000x faster than the
+pairwise B x C x C formulation at (64, 1000); peak extra memory linear in B*C.
+Usage: ``python -m benchmarks --only losses [--device cuda] [--dtype bfloat16]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from benchmarks._common import device_name, time_side_by_side, write_results
+from dkl_core import gkl_loss, ikl_loss
+
+SIZES = [(64, 100), (256, 100), (64, 1000), (256, 1000)]
+TEMPERATURE = 4.0
+
+
+def plain_kl(student, teacher, weights):
+    """The usual distillation loss people write: F.kl_div on log-softmax / softmax, T^2, batchmean."""
+    log_q = F.log_softmax(student / TEMPERATURE, dim=1)
+    p = F.softmax(teacher / TEMPERATURE, dim=1)
+    return F.kl_div(log_q, p, reduction="batchmean") * TEMPERATURE**2
+
+
+def pairwise_ikl(student, teacher, weights):
+    """IKL as the released code computes it: B x C x C pairwise differences."""
+    student, teacher = student.float(), teacher.float()
+    diff_t = teacher.unsqueeze(2) - teacher.unsqueeze(1)
+    diff_s = student.unsqueeze(2) - student.unsqueeze(1)
+    pair_weights = weights.unsqueeze(2) * weights.unsqueeze(1)
+    mse = 0.25 * (pair_weights * (diff_t - diff_s) ** 2).sum(dim=(1, 2)).mean()
+    ce = -(F.softmax(teacher / TEMPERATURE, dim=1) * F.log_softmax(student / TEMPERATURE, dim=1)).sum(1).mean()
+    return 8.0 * mse + ce
+
+
+def ours_ikl(student, teacher, weights):
+    return ikl_loss(student, teacher, mse_weight=8.0, temperature=TEMPERATURE, weights=weights)
+
+
+def ours_gkl(student, teacher, weights):
+    return gkl_loss(student, teacher, mse_weight=8.0, temperature=TEMPERATURE, weights=weights, gamma=0.2)
+
+
+CANDIDATES = {"plain_kl": plain_kl, "ikl_loss": ours_ikl, "gkl_loss": ours_gkl, "pairwise_ikl": pairwise_ikl}
+
+
+class PeakMemory(TorchDispatchMode):
+    """Peak bytes of live tensors created by ops inside the mode (CPU has no allocator statistics)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+
+    def _release(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(tensor, torch.Tensor) and tensor._base is None:
+                nbytes = tensor.untyped_storage().nbytes()
+                self.live += nbytes
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(tensor, self._release, nbytes)
+        return out
+
+
+def make_inputs(batch, num_classes, device, dtype):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    student = (3 * torch.randn(batch, num_classes, generator=g)).to(device, dtype).requires_grad_()
+    teacher = (3 * torch.randn(batch, num_classes, generator=g)).to(device, dtype)
+    weights = torch.softmax(torch.randn(batch, num_classes, generator=g), dim=1).to(device)
+    return student, teacher, weights
+
+
+def step(loss_fn, student, teacher, weights):
+    student.grad = None
+    loss_fn(student, teacher, weights).backward()
+
+
+def peak_extra_bytes(loss_fn, inputs, device) -> int:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step(loss_fn, *inputs)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    with PeakMemory() as tracker:
+        step(loss_fn, *inputs)
+    return tracker.peak
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--repeats", type=int, default=30)
+    args, _ = parser.parse_known_args(argv)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+
+    rows, records = [], []
+    for batch, num_classes in SIZES:
+        inputs = make_inputs(batch, num_classes, device, dtype)
+        heavy = batch * num_classes * num_classes > 5_000_000
+        fast = {name: fn for name, fn in CANDIDATES.items() if name != "pairwise_ikl"}
+        times = time_side_by_side({n: (lambda f=f: step(f, *inputs)) for n, f in fast.items()}, device, args.repeats)
+        pairwise = {"pairwise_ikl": lambda: step(pairwise_ikl, *inputs)}
+        times.update(time_side_by_side(pairwise, device, repeats=3 if heavy else 10, warmup=1))
+        memory = {name: peak_extra_bytes(fn, inputs, device) for name, fn in CANDIDATES.items()}
+        record = {
+            "batch": batch, "classes": num_classes, "seconds": times, "peak_extra_bytes": memory,
+            "ikl_over_kl": times["ikl_loss"] / times["plain_kl"],
+            "gkl_over_kl": times["gkl_loss"] / times["plain_kl"],
+            "pairwise_over_ikl": times["pairwise_ikl"] / times["ikl_loss"],
+            "ikl_bytes_per_element": memory["ikl_loss"] / (batch * num_classes),
+        }  # fmt: skip
+        records.append(record)
+        rows.append([
+            f"({batch}, {num_classes})",
+            *(f"{times[n] * 1e6:,.0f}" for n in CANDIDATES),
+            f"{record['ikl_over_kl']:.2f}x", f"{record['gkl_over_kl']:.2f}x", f"{record['pairwise_over_ikl']:,.0f}x",
+            f"{memory['plain_kl'] / 2**20:.2f}", f"{memory['ikl_loss'] / 2**20:.2f}", f"{memory['pairwise_ikl'] / 2**20:,.1f}",
+        ])  # fmt: skip
+        print(rows[-1], flush=True)
+
+    name = "losses" if device.type == "cpu" else f"losses_{device.type}_{args.dtype}"
+    header = ["(B, C)", *(f"{n} us" for n in CANDIDATES), "ikl/kl", "gkl/kl", "pairwise/ikl",
+              "kl MiB", "ikl MiB", "pairwise MiB"]  # fmt: skip
+    notes = (
+        f"Device: {device_name(device)}; logits dtype {args.dtype}; forward+backward of the student logits, "
+        f"median of {args.repeats} interleaved rounds; peak extra memory of one step. Plain KL is "
+        "F.kl_div(log_softmax(s/T), softmax(t/T)); pairwise is the released code's B x C x C form."
+    )
+    write_results(name, {"device": device_name(device), "dtype": args.dtype, "results": records}, rows, header, notes)
