@@ -15,7 +15,12 @@ import benchmarks
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", default="", help="comma-separated benchmark names (bench_<name>.py)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args, rest = parser.parse_known_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     names = sorted(m.name[len("bench_") :] for m in pkgutil.iter_modules(benchmarks.__path__) if m.name.startswith("bench_"))
     chosen = [n for n in names if not args.only or n in args.only.split(",")]
     if args.only and len(chosen) != len(args.only.split(",")):
