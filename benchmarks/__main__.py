@@ -21,7 +21,9 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    names = sorted(m.name[len("bench_") :] for m in pkgutil.iter_modules(benchmarks.__path__) if m.name.startswith("bench_"))
+    names = sorted(
+        m.name[len("bench_") :] for m in pkgutil.iter_modules(benchmarks.__path__) if m.name.startswith("bench_")
+    )
     chosen = [n for n in names if not args.only or n in args.only.split(",")]
     if args.only and len(chosen) != len(args.only.split(",")):
         raise SystemExit(f"unknown benchmark in --only={args.only}; available: {', '.join(names)}")

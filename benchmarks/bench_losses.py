@@ -111,8 +111,10 @@ def main(argv: list[str]) -> None:
         inputs = make_inputs(batch, num_classes, device, dtype)
         heavy = batch * num_classes * num_classes > 5_000_000
         fast = {name: fn for name, fn in CANDIDATES.items() if name != "pairwise_ikl"}
-        times = time_side_by_side({n: (lambda f=f: step(f, *inputs)) for n, f in fast.items()}, device, args.repeats)
-        pairwise = {"pairwise_ikl": lambda: step(pairwise_ikl, *inputs)}
+        times = time_side_by_side(
+            {n: (lambda f=f, x=inputs: step(f, *x)) for n, f in fast.items()}, device, args.repeats
+        )
+        pairwise = {"pairwise_ikl": lambda x=inputs: step(pairwise_ikl, *x)}
         times.update(time_side_by_side(pairwise, device, repeats=3 if heavy else 10, warmup=1))
         memory = {name: peak_extra_bytes(fn, inputs, device) for name, fn in CANDIDATES.items()}
         record = {

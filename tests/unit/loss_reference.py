@@ -42,7 +42,9 @@ def ikl_weights(t, weights, weight_temperature, detach_weights):
     return w.detach() if detach_weights else w
 
 
-def ikl(s, t, mse_weight=1.0, ce_weight=1.0, temperature=1.0, weights=None, weight_temperature=1.0, detach_weights=True):
+def ikl(
+    s, t, mse_weight=1.0, ce_weight=1.0, temperature=1.0, weights=None, weight_temperature=1.0, detach_weights=True
+):
     w = ikl_weights(t, weights, weight_temperature, detach_weights)
     return mse_weight * pairwise_wmse(s, t, w) + ce_weight * soft_ce(s, t, temperature)
 

@@ -5,7 +5,6 @@ import torch
 
 import dkl_core
 from dkl_core import dkd_loss, dkl_loss, gkl_loss, ikl_loss, kl_loss
-
 from tests.unit import loss_reference as ref
 
 CLASS_COUNTS = [2, 10, 100, 1000]
@@ -82,7 +81,9 @@ def test_per_sample_variants_match_reference(variant, num_classes):
         assert_close(actual, reduce(expected))
     # Gradients of a weighted sum of per-sample losses, for every input (None where none flows).
     coeffs = torch.linspace(0.5, 1.5, BATCH, dtype=torch.float64)
-    for got, want in zip(grads((ours(s, t, w, "none") * coeffs).sum(), inputs), grads((expected * coeffs).sum(), inputs)):
+    for got, want in zip(
+        grads((ours(s, t, w, "none") * coeffs).sum(), inputs), grads((expected * coeffs).sum(), inputs)
+    ):
         if want is None or not want.abs().sum():
             assert got is None or not got.abs().sum()
         else:
@@ -251,7 +252,10 @@ def test_modules_equal_functions():
     pairs = [
         (dkl_core.KLLoss(temperature=4.0)(s, t), kl_loss(s, t, temperature=4.0)),
         (dkl_core.DKLLoss(mse_weight=2.0)(s, t), dkl_loss(s, t, mse_weight=2.0)),
-        (dkl_core.IKLLoss(mse_weight=8.0, temperature=4.0)(s, t, w), ikl_loss(s, t, mse_weight=8.0, temperature=4.0, weights=w)),
+        (
+            dkl_core.IKLLoss(mse_weight=8.0, temperature=4.0)(s, t, w),
+            ikl_loss(s, t, mse_weight=8.0, temperature=4.0, weights=w),
+        ),
         (dkl_core.GKLLoss(gamma=0.2, mse_weight=4.0)(s, t, w), gkl_loss(s, t, gamma=0.2, mse_weight=4.0, weights=w)),
         (dkl_core.DKDLoss(nckd_weight=2.0)(s, t, y), dkd_loss(s, t, y, nckd_weight=2.0)),
     ]

@@ -44,14 +44,18 @@ def check_weights(weights: torch.Tensor, logits: torch.Tensor) -> None:
 
 def check_targets(targets: torch.Tensor, batch: int, num_classes: int) -> None:
     """Targets must be integer class indices ``[B]`` in ``[0, C)``."""
-    if not isinstance(targets, torch.Tensor) or targets.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+    if not isinstance(targets, torch.Tensor) or targets.dtype not in (
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.uint8,
+    ):
         raise ValueError("targets must be an integer tensor of class indices with shape [B]")
     if targets.shape != (batch,):
         raise ValueError(f"targets must have shape [B] = ({batch},), got {tuple(targets.shape)}")
     if batch and (int(targets.min()) < 0 or int(targets.max()) >= num_classes):
         raise ValueError(
-            f"targets must lie in [0, {num_classes}), got values in "
-            f"[{int(targets.min())}, {int(targets.max())}]"
+            f"targets must lie in [0, {num_classes}), got values in [{int(targets.min())}, {int(targets.max())}]"
         )
 
 

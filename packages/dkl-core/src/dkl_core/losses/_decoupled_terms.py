@@ -38,7 +38,7 @@ class DecoupledTerms(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx,
+        ctx: torch.autograd.function.FunctionCtx,
         student: torch.Tensor,
         teacher: torch.Tensor,
         weights: torch.Tensor,
@@ -74,7 +74,7 @@ class DecoupledTerms(torch.autograd.Function):
         return (mse_scale * mse).sub_(neg_ce, alpha=ce_weight).squeeze(1)
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor):
         weighted, centred, mass, spread, mse, log_q, p, mass_norm = ctx.saved_tensors
         mse_weight, ce_weight, temperature, mse_on_student, normalize_mass = ctx.options
         g = grad_out.unsqueeze(1)

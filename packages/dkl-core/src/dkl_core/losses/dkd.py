@@ -92,5 +92,7 @@ class DKDLoss(nn.Module):
             tckd_weight=tckd_weight, nckd_weight=nckd_weight, temperature=temperature, reduction=reduction
         )
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
         return dkd_loss(student_logits, teacher_logits, targets, **self.options)
