@@ -43,3 +43,9 @@ bench: install ## Speed/memory ratios side by side; writes benchmarks/results/*.
 
 clean: ## Remove caches (keeps .venv, data/ and runs/)
 	find . -name __pycache__ -prune -exec rm -rf {} + ; rm -rf .pytest_cache .ruff_cache
+
+# --- reports --------------------------------------------------------------------------------
+RUNS ?= runs
+.PHONY: report
+report: install ## Aggregate every results.json under RUNS=<folder> into RUNS/REPORT.md + plots (mean ± std over seeds vs paper)
+	$(PY) -m dkl_train.report $(RUNS)
