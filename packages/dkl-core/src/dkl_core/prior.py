@@ -100,9 +100,7 @@ class ClassPrior:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["num_classes"] != self.num_classes:
-            raise ValueError(
-                f"the saved class prior has {state['num_classes']} classes, this one {self.num_classes}"
-            )
+            raise ValueError(f"the saved class prior has {state['num_classes']} classes, this one {self.num_classes}")
         device = self.prior.device
         self.temperature = float(state["temperature"])
         self.prior = state["prior"].to(device=device, dtype=torch.float64)

@@ -1,0 +1,48 @@
+"""The ImageNet-shaped ResNet18/ResNet50 adapted to 32x32 (mdistiller's ``resnetv2.py``).
+
+A 3x3 stride-1 stem without max-pool, four stages of 64/128/256/512 planes, global pooling and a
+classifier named ``linear``; projection shortcuts are ``layer{s}.{i}.shortcut.{0,1}``. These are
+the names of mdistiller's ``ResNet50_vanilla`` CIFAR-100 teacher, which loads strictly.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ._layers import classifier_input, init_conv_bn_
+from .cifar_resnet import BasicBlock, Bottleneck, make_stage
+from .registry import register_model
+
+
+class CifarResNetV2(nn.Module):
+    """Four-stage ResNet for 32x32 inputs; ``num_blocks`` per stage, ``block`` basic or bottleneck."""
+
+    def __init__(self, block: type[BasicBlock], num_blocks: tuple[int, int, int, int], num_classes: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        planes = 64
+        self.layer1, planes = make_stage(block, planes, 64, num_blocks[0], 1, "shortcut")
+        self.layer2, planes = make_stage(block, planes, 128, num_blocks[1], 2, "shortcut")
+        self.layer3, planes = make_stage(block, planes, 256, num_blocks[2], 2, "shortcut")
+        self.layer4, planes = make_stage(block, planes, 512, num_blocks[3], 2, "shortcut")
+        self.linear = nn.Linear(planes, num_classes)
+        init_conv_bn_(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.linear(classifier_input(x))
+
+
+@register_model("ResNet18")
+def resnet18_cifar(num_classes: int) -> CifarResNetV2:
+    """mdistiller's CIFAR ``ResNet18`` (basic blocks 2-2-2-2)."""
+    return CifarResNetV2(BasicBlock, (2, 2, 2, 2), num_classes)
+
+
+@register_model("ResNet50")
+def resnet50_cifar(num_classes: int) -> CifarResNetV2:
+    """mdistiller's CIFAR ``ResNet50`` (bottlenecks 3-4-6-3), a CIFAR-100 teacher of the KD tables."""
+    return CifarResNetV2(Bottleneck, (3, 4, 6, 3), num_classes)

@@ -1,0 +1,1 @@
+"""The adversarial-training recipe (run `recipes/adv/train.py` and `recipes/adv/eval.py` with `accelerate launch`)."""

@@ -1,0 +1,1 @@
+"""The knowledge-distillation recipe (run `recipes/kd/train.py` with `accelerate launch`)."""

@@ -1,0 +1,242 @@
+"""Knowledge distillation with the DKL loss family: ce, kd, dkd, ikl, gkl (CIFAR-100, ImageNet, digits).
+
+    accelerate launch recipes/kd/train.py --config recipes/kd/configs/cifar100_resnet32x4_resnet8x4_ikl.yaml
+
+Methods (every loss from dkl-core; ``s``/``t`` student/teacher logits, ``y`` labels):
+
+- ``ce``:  ``CE(s, y)`` -- trains a teacher, or a student alone.
+- ``kd``:  ``label_ce_weight * CE + kd_weight * T^2 KL(t || s)`` (Hinton; mdistiller: 0.1 / 0.9, T = 4).
+- ``dkd``: ``label_ce_weight * CE + ramp * DKD(tckd_weight, nckd_weight, T)`` (Zhao et al. 2022).
+- ``ikl``: ``label_ce_weight * CE + ramp * (mse_weight * wMSE + ce_weight * sCE(T))`` with class weights
+  ``prior[y]`` (``use_prior``, the paper's GI) or ``softmax(t / weight_temperature)``.
+- ``gkl``: as ``ikl`` with ``prior[y] ** gamma`` and wMSE normalised by the weight mass (TPAMI).
+
+``ramp = min(epoch / warmup_epochs, 1)`` with 1-based epochs, as in the released code (per epoch).
+The teacher runs in eval mode under ``no_grad``; its test accuracy is reported before training. The
+class prior accumulates ``softmax(t / weight_temperature)`` of every training sample, is all-reduced
+over processes at the end of each epoch, used during the next one and saved in every checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from dkl_core import ClassPrior, dkd_loss, gkl_loss, ikl_loss, kl_loss
+from dkl_train.config import BaseConfig, ConfigError, parse_config
+from dkl_train.data import build_datasets
+from dkl_train.training import Run, build_optimizer, evaluate
+from torch import nn
+
+METHODS = ("ce", "kd", "dkd", "ikl", "gkl")
+TEACHER_TARBALL = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
+
+
+class TeacherError(RuntimeError):
+    """The teacher cannot be used: missing checkpoint, or it does not fit the dataset (the message says why)."""
+
+
+@dataclass
+class KDConfig(BaseConfig):
+    """Settings of one distillation run (names follow losses.md: ``mse_weight``/``ce_weight``, never alpha/beta)."""
+
+    method: Literal["ce", "kd", "dkd", "ikl", "gkl"] = "ikl"
+    student: str = "resnet8x4"  # the model trained (with method=ce: the teacher being trained)
+    student_kwargs: dict[str, Any] = field(default_factory=dict)  # architecture options for create_model
+    teacher: str | None = "resnet32x4"
+    teacher_kwargs: dict[str, Any] = field(default_factory=dict)
+    teacher_checkpoint: str | None = None  # mdistiller format {"model": state_dict}, or our model.pth
+    teacher_pretrained: bool = False  # timm:<name> teachers: timm's pretrained weights
+    temperature: float = 4.0  # T of the KD / DKD / sCE terms
+    label_ce_weight: float = 1.0  # weight of CE(student, labels)
+    kd_weight: float = 0.9  # kd: weight of T^2 KL
+    tckd_weight: float = 1.0  # dkd
+    nckd_weight: float = 8.0  # dkd
+    mse_weight: float = 1.0  # ikl/gkl: wMSE weight (released code: beta)
+    ce_weight: float = 1.0  # ikl/gkl: soft cross-entropy weight (released code: alpha)
+    gamma: float = 1.0  # gkl: prior ** gamma
+    use_prior: bool = False  # ikl/gkl: class-wise prior weights (GI)
+    weight_temperature: float = 100.0  # T2: temperature of the weights / of the prior's softmax
+    warmup_epochs: int = 20  # ramp of the distillation term (0 = none)
+    evaluate_teacher: bool = True  # report the teacher's test accuracy before training
+    paper_top1: float | None = None  # the paper's number this config should reproduce
+
+    def validate(self) -> None:
+        if self.method != "ce" and not self.teacher:
+            raise ConfigError(f"method={self.method} needs a teacher (teacher=<model name>)")
+        if self.method != "ce" and not self.teacher_checkpoint and not self.teacher_pretrained:
+            raise ConfigError(
+                f"method={self.method} needs teacher weights: teacher_checkpoint=PATH (mdistiller format) "
+                "or teacher_pretrained=true for a timm:<name> teacher"
+            )
+        if self.use_prior and self.method not in ("ikl", "gkl"):
+            raise ConfigError(f"use_prior only applies to ikl/gkl, not method={self.method}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss
+
+
+def warmup_factor(config: KDConfig, epoch: int) -> float:
+    """``min(epoch / warmup, 1)`` with mdistiller's 1-based epoch (``epoch`` here is 0-based)."""
+    return min((epoch + 1) / config.warmup_epochs, 1.0) if config.warmup_epochs > 0 else 1.0
+
+
+def distillation_loss(
+    config: KDConfig,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    prior: ClassPrior,
+    epoch: int,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training loss of ``config.method`` and its detached terms (for logging)."""
+    ce = F.cross_entropy(student_logits, labels)
+    if config.method == "ce":
+        return ce, {"ce": ce.detach()}
+    ramp = warmup_factor(config, epoch)
+    if config.method == "kd":
+        kd = kl_loss(student_logits, teacher_logits, temperature=config.temperature)
+        term, weight = kd, config.kd_weight
+    elif config.method == "dkd":
+        term = dkd_loss(
+            student_logits,
+            teacher_logits,
+            labels,
+            tckd_weight=config.tckd_weight,
+            nckd_weight=config.nckd_weight,
+            temperature=config.temperature,
+        )
+        weight = 1.0
+    else:
+        weights = prior.weights(labels) if config.use_prior else None
+        common = dict(
+            mse_weight=config.mse_weight,
+            ce_weight=config.ce_weight,
+            temperature=config.temperature,
+            weights=weights,
+            weight_temperature=config.weight_temperature,
+        )
+        if config.method == "ikl":
+            term = ikl_loss(student_logits, teacher_logits, **common)
+        else:
+            term = gkl_loss(student_logits, teacher_logits, gamma=config.gamma, **common)
+        weight = 1.0
+    loss = config.label_ce_weight * ce + ramp * weight * term
+    return loss, {"ce": ce.detach(), config.method: term.detach()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+
+
+def build_teacher(config: KDConfig, num_classes: int) -> nn.Module:
+    """The frozen teacher in eval mode, with its weights loaded strictly; clear errors when it cannot be used."""
+    from dkl_train.models import CheckpointMismatchError, create_model
+
+    if config.teacher_checkpoint and not _exists(config.teacher_checkpoint):
+        raise TeacherError(
+            f"teacher checkpoint {config.teacher_checkpoint} not found. For the CIFAR-100 teachers, download "
+            f"mdistiller's {TEACHER_TARBALL} and unpack it with `mkdir -p data/teachers && tar xf "
+            f"cifar_teachers.tar -C data/teachers` (gives data/teachers/cifar_teachers/<name>_vanilla/ckpt_epoch_240.pth)."
+        )
+    kwargs: dict[str, Any] = dict(config.teacher_kwargs)
+    if config.teacher_pretrained:
+        kwargs["pretrained"] = True
+    try:
+        teacher = create_model(config.teacher, num_classes, checkpoint=config.teacher_checkpoint, **kwargs)
+    except CheckpointMismatchError as err:
+        raise TeacherError(
+            f"the teacher checkpoint {config.teacher_checkpoint} does not fit a {config.teacher} with "
+            f"{num_classes} classes ({config.dataset}). A teacher trained on a dataset with another number of "
+            f"classes, or another architecture, cannot teach this student; check `teacher` and `dataset`.\n{err}"
+        ) from err
+    teacher.eval()
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher
+
+
+def _exists(path: str) -> bool:
+    from pathlib import Path
+
+    return Path(path).is_file()
+
+
+def check_class_counts(teacher: nn.Module, student: nn.Module, image_size: int, num_classes: int) -> None:
+    """Teacher and student must predict the same ``num_classes`` classes (one dummy forward each)."""
+    probe = torch.zeros(2, 3, image_size, image_size)
+    with torch.no_grad():
+        was_training = student.training
+        student.eval()
+        sizes = {"teacher": teacher(probe).shape[-1], "student": student(probe).shape[-1]}
+        student.train(was_training)
+    if len(set(sizes.values()) | {num_classes}) != 1:
+        raise TeacherError(
+            f"class-count mismatch: teacher predicts {sizes['teacher']} classes, student {sizes['student']}, "
+            f"dataset {num_classes}. Use a teacher trained on the same dataset as the student."
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+def train(config: KDConfig) -> dict[str, Any]:
+    """Run the whole recipe; returns the ``results.json`` payload."""
+    from dkl_train.models import create_model
+
+    run = Run(config)
+    train_set, test_set, spec = build_datasets(config)
+    student = create_model(config.student, spec.num_classes, **config.student_kwargs)
+    teacher = None
+    if config.method != "ce":
+        teacher = build_teacher(config, spec.num_classes)
+        check_class_counts(teacher, student, spec.image_size, spec.num_classes)
+        teacher.to(run.device)
+
+    optimizer = build_optimizer(config, student.parameters())
+    student, optimizer = run.prepare(student, optimizer)
+    train_loader, test_loader = run.train_loader(train_set), run.eval_loader(test_set)
+    prior = ClassPrior(spec.num_classes, temperature=config.weight_temperature, device=run.device)
+    run.register_for_checkpointing(prior)
+    run.resume()
+
+    extra: dict[str, Any] = {"method": config.method, "paper_top1": config.paper_top1}
+    if teacher is not None and config.evaluate_teacher:
+        extra["teacher"] = evaluate(teacher, test_loader, run.accelerator, progress="teacher")
+        run.print(f"teacher {config.teacher}: top-1 {extra['teacher']['top1']:.2f}%, top-5 {extra['teacher']['top5']:.2f}%")
+
+    for epoch in run.epochs():
+
+        def compute_loss(batch: dict[str, torch.Tensor], epoch: int = epoch) -> tuple[torch.Tensor, dict]:
+            images, labels = batch["image"], batch["label"]
+            teacher_logits = None
+            if teacher is not None:
+                with torch.no_grad(), run.accelerator.autocast():
+                    teacher_logits = teacher(images).float()
+                if config.use_prior:
+                    prior.update(teacher_logits, labels)
+            return distillation_loss(config, student(images), teacher_logits, labels, prior, epoch)
+
+        metrics = run.train_epoch(student, optimizer, train_loader, compute_loss, epoch)
+        prior.end_epoch()  # all-reduced over processes; the prior of the next epoch
+        evaluated = evaluate(student, test_loader, run.accelerator) if run.should_evaluate(epoch) else None
+        run.end_epoch(epoch, metrics, evaluated)
+
+    run.save_model(student, "model.pth", arch=config.student, num_classes=spec.num_classes)
+    return run.finish(extra=extra)
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_config(KDConfig, argv, description=__doc__.splitlines()[0])
+    try:
+        train(config)
+    except (TeacherError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

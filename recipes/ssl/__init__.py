@@ -1,0 +1,1 @@
+"""The semi-supervised recipe (run `recipes/ssl/train.py` with `accelerate launch`)."""

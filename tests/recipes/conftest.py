@@ -1,0 +1,75 @@
+"""Fixtures for the recipe tests: the digits dataset prepared once per session, and `accelerate launch` on CPU.
+
+The adv and ssl recipe tests use the same two fixtures:
+
+    def test_smoke(digits_dir, launch, tmp_path):
+        launch("recipes/adv/train.py", "--config", CONFIG, f"data_dir={digits_dir}", f"output_dir={tmp_path}/run")
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data_dir holding the prepared digits dataset (built offline from scikit-learn, about a second)."""
+    from dkl_train.data import prepare
+
+    data_dir = tmp_path_factory.mktemp("data")
+    prepare("digits", data_dir)
+    return data_dir
+
+
+def _free_port() -> int:
+    # Several test sessions may share the machine: never rely on the default rendezvous port 29500.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_command(script: str | Path, *args: str, processes: int = 1) -> list[str]:
+    """The `accelerate launch` command line for ``processes`` CPU processes (gloo when 2+)."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no"]
+    command += ["--dynamo_backend", "no", "--num_cpu_threads_per_process", "1" if processes > 1 else "2"]
+    if processes > 1:
+        command += ["--multi_gpu", "--num_processes", str(processes), "--main_process_port", str(_free_port())]
+    else:
+        command += ["--cpu", "--num_processes", "1"]
+    return command + [str(REPO / script), *map(str, args)]
+
+
+@pytest.fixture
+def launch() -> Callable[..., subprocess.CompletedProcess]:
+    """``launch(script, *args, processes=1, expect_failure=False)`` -> CompletedProcess (stdout+stderr merged).
+
+    Fails the test with the output's tail when the exit status is not the expected one.
+    """
+
+    def run(script: str | Path, *args: str, processes: int = 1, expect_failure: bool = False, timeout: float = 600):
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+        result = subprocess.run(
+            launch_command(script, *args, processes=processes),
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+        )
+        failed = result.returncode != 0
+        if failed != expect_failure:
+            expectation = "fail" if expect_failure else "succeed"
+            pytest.fail(f"expected {script} to {expectation}; exit {result.returncode}. Output:\n{result.stdout[-6000:]}")
+        return result
+
+    return run
