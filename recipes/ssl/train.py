@@ -585,10 +585,10 @@ def _train_period(
         for name, value in {"loss": loss.detach(), **terms}.items():
             sums[name] = sums.get(name, 0.0) + value.float()
         if run.state.global_step % config.log_every == 0:
-            values = {"train/loss_step": float(loss), "train/lr": learning_rate(config, iteration)}
+            values = {"train/loss_step": float(loss.detach()), "train/lr": learning_rate(config, iteration)}
             values |= {f"train/{k}_step": float(v) for k, v in terms.items()}
             accelerator.log(values, step=run.state.global_step)
-            bar.set_postfix(loss=f"{float(loss):.4f}", mask=f"{float(terms['mask_ratio']):.2f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", mask=f"{float(terms['mask_ratio']):.2f}")
     seconds = time.perf_counter() - started
     names = sorted(sums)
     means = accelerator.reduce(torch.stack([sums[n] for n in names]) / max(end - begin, 1), reduction="mean")

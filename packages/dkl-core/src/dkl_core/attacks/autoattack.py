@@ -143,6 +143,7 @@ def autoattack_evaluation(
     batch_size: int = 250,
     seed: int = 0,
     progress_path: str | os.PathLike | None = None,
+    attacks: list[str] | None = None,
 ) -> AutoAttackResult:
     """Clean accuracy, AutoAttack robust accuracy and the per-attack breakdown of ``model``.
 
@@ -173,6 +174,9 @@ def autoattack_evaluation(
         seed: seed of every attack (pyautoattack's default, the wall clock, would make runs
             irreproducible and resuming inexact).
         progress_path: file to save progress to and resume from (``None``: no file).
+        attacks: only with ``version="custom"``: the attacks to run, in order, from
+            ``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab``, ``fab-t``, ``square`` (pyautoattack's
+            defaults for each); for quick checks, never for reported numbers.
 
     Example:
         >>> result = autoattack_evaluation(model, x_test, y_test, eps=8 / 255)  # doctest: +SKIP
@@ -184,12 +188,15 @@ def autoattack_evaluation(
     if str(norm).lower() not in _NORMS:
         raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
     norm = _NORMS[str(norm).lower()]
+    if (version == "custom") != (attacks is not None):
+        raise ValueError("pass attacks=[...] exactly when version='custom'")
     source = EvaluationData(data, labels, batch_size)
     rank, world_size = world()
     device = model_device(model)
     settings = {
         "eps": float(eps), "norm": norm, "version": version, "seed": int(seed),
         "batch_size": source.batch_size, "num_samples": source.length,
+        "attacks": None if attacks is None else list(attacks),
     }  # fmt: skip
     path = None if progress_path is None else Path(progress_path)
     records = {} if path is None else _load_progress(path, settings)
@@ -197,7 +204,10 @@ def autoattack_evaluation(
     records = {index: record for index, record in records.items() if index in mine}
 
     with float32_eval(model) as net:
-        adversary = auto_attack_class(net, eps=float(eps), norm=norm, version=version, device=device, seed=int(seed))
+        options = {} if attacks is None else {"attacks": list(attacks)}
+        adversary = auto_attack_class(
+            net, eps=float(eps), norm=norm, version=version, device=device, seed=int(seed), **options
+        )
         attacks = list(adversary.attacks_to_run)
         checked = False
         for index in mine:
