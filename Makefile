@@ -49,3 +49,43 @@ RUNS ?= runs
 .PHONY: report
 report: install ## Aggregate every results.json under RUNS=<folder> into RUNS/REPORT.md + plots (mean ± std over seeds vs paper)
 	$(PY) -m dkl_train.report $(RUNS)
+
+# --- datasets and the knowledge-distillation recipe (recipes/kd) ----------------------------
+DATASET ?= digits
+DATA_DIR ?= data
+IMAGENET_DIR ?=
+# `accelerate launch` and its options, e.g. LAUNCH_ARGS="--multi_gpu --num_processes 8 --mixed_precision bf16".
+LAUNCH ?= $(VENV)/bin/accelerate launch
+LAUNCH_ARGS ?= --num_machines 1 --num_processes 1 --dynamo_backend no
+KD_CONFIG := $(or $(CONFIG),recipes/kd/configs/cifar100_resnet32x4_resnet8x4_ikl.yaml)
+KD_SEEDS := $(or $(SEEDS),0 1 2)
+KD_RUNS := runs/kd/$(basename $(notdir $(KD_CONFIG)))
+DEMO_KD := recipes/kd/configs
+.PHONY: data train-kd reproduce-kd demo demo-kd demo-table
+
+data: install ## Prepare a dataset once under DATA_DIR=data: DATASET=digits|cifar10|cifar100|imagenet (IMAGENET_DIR=... for imagenet)
+	$(PY) -m dkl_train.data prepare --dataset $(DATASET) --data-dir $(DATA_DIR) $(if $(IMAGENET_DIR),--imagenet-dir $(IMAGENET_DIR))
+
+train-kd: install ## One KD run: CONFIG=recipes/kd/configs/<file>.yaml ARGS="key=value ..." (LAUNCH_ARGS for accelerate launch)
+	$(LAUNCH) $(LAUNCH_ARGS) recipes/kd/train.py --config $(KD_CONFIG) $(ARGS)
+
+reproduce-kd: install ## Train + eval a KD config over seeds, then report mean ± std vs the paper: CONFIG=... SEEDS="0 1 2" (default resnet32x4 -> resnet8x4 IKL)
+	@for seed in $(KD_SEEDS); do \
+	  $(LAUNCH) $(LAUNCH_ARGS) recipes/kd/train.py --config $(KD_CONFIG) seed=$$seed output_dir=$(KD_RUNS)/seed$$seed resume=true $(ARGS) || exit 1; \
+	  $(LAUNCH) $(LAUNCH_ARGS) recipes/kd/eval.py --config $(KD_CONFIG) seed=$$seed output_dir=$(KD_RUNS)/seed$$seed $(ARGS) || exit 1; \
+	done
+	$(PY) -m dkl_train.report $(KD_RUNS)
+
+demo-kd: install ## KD part of the demo on digits: teacher (ce), student alone, KD and IKL students (CPU, minutes)
+	@test -f $(DATA_DIR)/digits/dataset_dict.json || $(PY) -m dkl_train.data prepare --dataset digits --data-dir $(DATA_DIR)
+	rm -rf runs/demo/kd
+	$(LAUNCH) --cpu $(LAUNCH_ARGS) recipes/kd/train.py --config $(DEMO_KD)/digits_teacher_resnet20_ce.yaml data_dir=$(DATA_DIR) $(ARGS)
+	$(LAUNCH) --cpu $(LAUNCH_ARGS) recipes/kd/train.py --config $(DEMO_KD)/digits_student_resnet8_ce.yaml data_dir=$(DATA_DIR) $(ARGS)
+	$(LAUNCH) --cpu $(LAUNCH_ARGS) recipes/kd/train.py --config $(DEMO_KD)/digits_resnet20_resnet8_kd.yaml data_dir=$(DATA_DIR) $(ARGS)
+	$(LAUNCH) --cpu $(LAUNCH_ARGS) recipes/kd/train.py --config $(DEMO_KD)/digits_resnet20_resnet8_ikl.yaml data_dir=$(DATA_DIR) $(ARGS)
+
+demo: demo-kd ## Run every recipe on digits on this CPU and print the results side by side
+	@$(MAKE) --no-print-directory demo-table
+
+demo-table: ## Print the table of the demo runs (reads runs/demo/**/results.json)
+	@$(PY) -m dkl_train.demo runs/demo

@@ -20,10 +20,12 @@ over processes at the end of each epoch, used during the next one and saved in e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import set_seed
 from dkl_core import ClassPrior, dkd_loss, gkl_loss, ikl_loss, kl_loss
 from dkl_train.config import BaseConfig, ConfigError, parse_config
 from dkl_train.data import build_datasets
@@ -57,7 +59,7 @@ class KDConfig(BaseConfig):
     mse_weight: float = 1.0  # ikl/gkl: wMSE weight (released code: beta)
     ce_weight: float = 1.0  # ikl/gkl: soft cross-entropy weight (released code: alpha)
     gamma: float = 1.0  # gkl: prior ** gamma
-    use_prior: bool = False  # ikl/gkl: class-wise prior weights (GI)
+    use_prior: bool = False  # ikl/gkl: class-wise prior weights (GI); ignored by the other methods
     weight_temperature: float = 100.0  # T2: temperature of the weights / of the prior's softmax
     warmup_epochs: int = 20  # ramp of the distillation term (0 = none)
     evaluate_teacher: bool = True  # report the teacher's test accuracy before training
@@ -71,8 +73,6 @@ class KDConfig(BaseConfig):
                 f"method={self.method} needs teacher weights: teacher_checkpoint=PATH (mdistiller format) "
                 "or teacher_pretrained=true for a timm:<name> teacher"
             )
-        if self.use_prior and self.method not in ("ikl", "gkl"):
-            raise ConfigError(f"use_prior only applies to ikl/gkl, not method={self.method}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,12 +136,7 @@ def build_teacher(config: KDConfig, num_classes: int) -> nn.Module:
     """The frozen teacher in eval mode, with its weights loaded strictly; clear errors when it cannot be used."""
     from dkl_train.models import CheckpointMismatchError, create_model
 
-    if config.teacher_checkpoint and not _exists(config.teacher_checkpoint):
-        raise TeacherError(
-            f"teacher checkpoint {config.teacher_checkpoint} not found. For the CIFAR-100 teachers, download "
-            f"mdistiller's {TEACHER_TARBALL} and unpack it with `mkdir -p data/teachers && tar xf "
-            f"cifar_teachers.tar -C data/teachers` (gives data/teachers/cifar_teachers/<name>_vanilla/ckpt_epoch_240.pth)."
-        )
+    check_teacher_file(config)
     kwargs: dict[str, Any] = dict(config.teacher_kwargs)
     if config.teacher_pretrained:
         kwargs["pretrained"] = True
@@ -159,10 +154,16 @@ def build_teacher(config: KDConfig, num_classes: int) -> nn.Module:
     return teacher
 
 
-def _exists(path: str) -> bool:
-    from pathlib import Path
-
-    return Path(path).is_file()
+def check_teacher_file(config: KDConfig) -> None:
+    """Fail before any work when the teacher checkpoint is missing, saying where to get mdistiller's teachers."""
+    if config.method == "ce" or not config.teacher_checkpoint or Path(config.teacher_checkpoint).is_file():
+        return
+    raise TeacherError(
+        f"teacher checkpoint {config.teacher_checkpoint} not found. The CIFAR-100 teachers are mdistiller's: "
+        f"download {TEACHER_TARBALL} and unpack it with `mkdir -p data/teachers && tar xf cifar_teachers.tar "
+        f"-C data/teachers` (gives data/teachers/cifar_teachers/<name>_vanilla/ckpt_epoch_240.pth). A digits "
+        f"teacher comes from recipes/kd/configs/digits_teacher_resnet20_ce.yaml (its model.pth)."
+    )
 
 
 def check_class_counts(teacher: nn.Module, student: nn.Module, image_size: int, num_classes: int) -> None:
@@ -188,13 +189,18 @@ def train(config: KDConfig) -> dict[str, Any]:
     """Run the whole recipe; returns the ``results.json`` payload."""
     from dkl_train.models import create_model
 
-    run = Run(config)
+    # Everything that can fail on the user's input fails here, before a run folder is created.
+    check_teacher_file(config)
     train_set, test_set, spec = build_datasets(config)
+    set_seed(config.seed)  # the student's initial weights
     student = create_model(config.student, spec.num_classes, **config.student_kwargs)
     teacher = None
     if config.method != "ce":
         teacher = build_teacher(config, spec.num_classes)
         check_class_counts(teacher, student, spec.image_size, spec.num_classes)
+
+    run = Run(config)
+    if teacher is not None:
         teacher.to(run.device)
 
     optimizer = build_optimizer(config, student.parameters())
@@ -217,7 +223,7 @@ def train(config: KDConfig) -> dict[str, Any]:
             if teacher is not None:
                 with torch.no_grad(), run.accelerator.autocast():
                     teacher_logits = teacher(images).float()
-                if config.use_prior:
+                if config.use_prior and config.method in ("ikl", "gkl"):
                     prior.update(teacher_logits, labels)
             return distillation_loss(config, student(images), teacher_logits, labels, prior, epoch)
 

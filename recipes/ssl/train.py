@@ -324,6 +324,9 @@ def iteration_loader(
         dataset,
         batch_size=sampler.local_batch,
         sampler=sampler,
+        # A private generator: creating the iterator must not draw from the global RNG, whose state a
+        # checkpoint restores (the model's stochastic depth reads it), or a resumed run would drift.
+        generator=torch.Generator().manual_seed(seed),
         num_workers=workers,
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
@@ -344,13 +347,13 @@ def build_model(config: SSLConfig, num_classes: int, log: Callable[[str], None] 
 
     from dkl_train.models import CheckpointMismatchError, create_model, load_checkpoint
 
+    if config.pretrained and not Path(config.pretrained).is_file():
+        raise PretrainedError(
+            f"pretrained file {config.pretrained} not found. USB's ImageNet-pretrained ViT-S/2 is "
+            f"{USB_CHECKPOINT_URL}; download it once (e.g. into data/pretrained/) and pass pretrained=PATH."
+        )
     model = create_model(config.model, num_classes, **config.model_kwargs)
     if config.pretrained:
-        if not Path(config.pretrained).is_file():
-            raise PretrainedError(
-                f"pretrained file {config.pretrained} not found. USB's ImageNet-pretrained ViT-S/2 is "
-                f"{USB_CHECKPOINT_URL}; download it once (e.g. into data/pretrained/) and pass pretrained=PATH."
-            )
         try:
             report = load_checkpoint(model, config.pretrained, fmt="usb")
         except CheckpointMismatchError as err:

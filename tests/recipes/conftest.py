@@ -48,6 +48,18 @@ def launch_command(script: str | Path, *args: str, processes: int = 1) -> list[s
     return command + [str(REPO / script), *map(str, args)]
 
 
+def run_launch(command: list[str], expect_failure: bool = False, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a launch command from the repository root (CPU only); fail with the output's tail when it misbehaves."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+    result = subprocess.run(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout
+    )
+    if (result.returncode != 0) != expect_failure:
+        expectation = "fail" if expect_failure else "succeed"
+        pytest.fail(f"expected {command[-1]!r}... to {expectation}; exit {result.returncode}. Output:\n{result.stdout[-6000:]}")
+    return result
+
+
 @pytest.fixture
 def launch() -> Callable[..., subprocess.CompletedProcess]:
     """``launch(script, *args, processes=1, expect_failure=False)`` -> CompletedProcess (stdout+stderr merged).
@@ -56,20 +68,24 @@ def launch() -> Callable[..., subprocess.CompletedProcess]:
     """
 
     def run(script: str | Path, *args: str, processes: int = 1, expect_failure: bool = False, timeout: float = 600):
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
-        result = subprocess.run(
-            launch_command(script, *args, processes=processes),
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-        )
-        failed = result.returncode != 0
-        if failed != expect_failure:
-            expectation = "fail" if expect_failure else "succeed"
-            pytest.fail(f"expected {script} to {expectation}; exit {result.returncode}. Output:\n{result.stdout[-6000:]}")
-        return result
+        return run_launch(launch_command(script, *args, processes=processes), expect_failure, timeout)
 
     return run
+
+def write_mdistiller_checkpoint(path: Path, arch: str, num_classes: int, seed: int = 0) -> Path:
+    """A randomly initialised ``arch`` saved the way mdistiller saves its teachers (``ckpt_epoch_240.pth``)."""
+    import torch
+    from dkl_train.models import create_model
+
+    torch.manual_seed(seed)
+    model = create_model(arch, num_classes)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 240, "best_acc": 0.0}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 10-class resnet8 teacher checkpoint in mdistiller's format (random weights: the tests check plumbing)."""
+    return write_mdistiller_checkpoint(tmp_path_factory.mktemp("teacher") / "ckpt_epoch_240.pth", "resnet8", 10)

@@ -70,6 +70,7 @@ class BaseConfig:
     max_steps_per_epoch: int = 0
     eval_subset: int = 0  # evaluate on the first N test images only
     train_subset: int = 0  # train on the first N training images only
+    stop_after_epochs: int = 0  # end the run after N epochs as an interruption would (resume tests)
     notes: str = ""
 
 

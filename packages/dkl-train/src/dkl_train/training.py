@@ -243,7 +243,10 @@ class Run:
 
     def epochs(self) -> Iterator[int]:
         """The (0-based) epochs still to run: all of them, or those after the resumed checkpoint."""
-        return iter(range(self.state.epoch, self.config.epochs))
+        end = self.config.epochs
+        if self.config.stop_after_epochs:
+            end = min(end, self.config.stop_after_epochs)  # a simulated interruption (resume tests)
+        return iter(range(self.state.epoch, end))
 
     def train_epoch(
         self,
@@ -345,10 +348,8 @@ class Run:
         self.state.epoch = epoch + 1
         entry: dict[str, Any] = {"epoch": epoch + 1, "global_step": self.state.global_step, **train_metrics}
         for key, value in (eval_metrics or {}).items():
-            if key == "samples":
-                continue
             entry[f"test_{key}"] = value
-            if key != "loss" and math.isfinite(value) and value > self.state.best.get(key, -math.inf):
+            if key not in ("loss", "samples") and math.isfinite(value) and value > self.state.best.get(key, -math.inf):
                 self.state.best[key] = value
                 self.state.best_epoch[key] = epoch + 1
         now = time.perf_counter()
@@ -358,7 +359,7 @@ class Run:
         scalars = {f"epoch/{k}": v for k, v in entry.items() if isinstance(v, int | float)}
         self.accelerator.log(scalars, step=self.state.global_step)
         summary = ", ".join(
-            f"{k}={v:.4g}" for k, v in entry.items() if isinstance(v, float) and k not in ("lr", "images_per_s")
+            f"{k}={v:.4g}" for k, v in entry.items() if isinstance(v, float) and k not in ("lr", "images_per_s", "test_samples")
         )
         self.print(f"epoch {epoch + 1}/{self.config.epochs}: {summary}")
         last = epoch + 1 == self.config.epochs

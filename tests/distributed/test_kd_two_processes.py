@@ -1,0 +1,40 @@
+"""Two processes give the loss curve, class prior and weights of one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.recipes.conftest import digits_dir, digits_teacher, launch  # noqa: F401  (shared fixtures)
+
+ARGS = ["--config", "recipes/kd/configs/digits_resnet20_resnet8_ikl.yaml", "student=resnet8", "teacher=resnet8",
+        "epochs=2", "max_steps_per_epoch=3", "batch_size=16", "eval_subset=50", "eval_batch_size=16",
+        "num_workers=0", "warmup_epochs=2", "log_step_losses=true"]  # fmt: skip
+
+
+@pytest.mark.distributed
+def test_two_processes_equal_one(digits_dir, digits_teacher, launch, tmp_path):  # noqa: F811
+    common = [*ARGS, f"data_dir={digits_dir}", f"teacher_checkpoint={digits_teacher}"]
+    # One process accumulating two micro-batches of 8 sees exactly the halves the two processes see
+    # (BatchNorm statistics included), so the comparison is exact up to float summation order.
+    launch("recipes/kd/train.py", *common, f"output_dir={tmp_path / 'one'}", "gradient_accumulation_steps=2")
+    launch("recipes/kd/train.py", *common, f"output_dir={tmp_path / 'two'}", processes=2)
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert two["num_processes"] == 2 and one["num_processes"] == 1
+    curve_one = [x for h in one["history"] for x in h["step_losses"]]
+    curve_two = [x for h in two["history"] for x in h["step_losses"]]
+    assert len(curve_one) == len(curve_two) == 6
+    assert torch.allclose(torch.tensor(curve_one), torch.tensor(curve_two), rtol=1e-4, atol=1e-5)
+    # Evaluation over 50 images (uneven over 2 processes): gather_for_metrics drops the padding.
+    assert [h["test_samples"] for h in two["history"]] == [50, 50]
+
+    def prior(d):
+        return torch.load(tmp_path / d / "checkpoints" / "epoch_0002" / "custom_checkpoint_1.pkl", weights_only=False)
+
+    assert torch.allclose(prior("one")["prior"], prior("two")["prior"], rtol=1e-6, atol=1e-9)
+    weights_one, weights_two = (torch.load(tmp_path / d / "model.pth")["model"] for d in ("one", "two"))
+    for name, value in weights_one.items():
+        if value.is_floating_point() and "running" not in name:  # BN running stats: DDP keeps rank 0's
+            assert torch.allclose(value, weights_two[name], rtol=1e-4, atol=1e-5), name

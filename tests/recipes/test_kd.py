@@ -1,0 +1,47 @@
+"""KD recipe smoke runs: every method, two steps on digits, through `accelerate launch` on CPU.
+
+All five methods run inside one launch (tests/recipes/_kd_methods.py calls the recipe's ``main`` per
+method) to pay the start-up once; the resume and distributed tests launch ``train.py`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+TINY = ["epochs=1", "max_steps_per_epoch=2", "batch_size=16", "eval_subset=32", "eval_batch_size=32",
+        "student=resnet8", "teacher=resnet8", "lr=0.05", "log_every=1"]  # fmt: skip
+
+
+METHODS = ["ce", "kd", "dkd", "ikl", "gkl"]
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(digits_dir, digits_teacher, tmp_path_factory):
+    from tests.recipes.conftest import launch_command, run_launch
+
+    root = tmp_path_factory.mktemp("kd_smoke")
+    run_launch(
+        launch_command(
+            "tests/recipes/_kd_methods.py", root, ",".join(METHODS),
+            "--config", "recipes/kd/configs/digits_resnet20_resnet8_ikl.yaml", f"data_dir={digits_dir}",
+            f"teacher_checkpoint={digits_teacher}", "num_workers=2", "use_prior=true", "gamma=0.5", *TINY,
+        )
+    )  # fmt: skip
+    return root
+
+
+@pytest.mark.recipe
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_two_steps(method, smoke_runs):
+    run_dir = smoke_runs / method
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["global_steps"] == 2 and results["epochs_completed"] == 1
+    assert 0.0 <= results["final"]["top1"] <= 100.0 and results["final"]["samples"] == 32
+    assert (run_dir / "checkpoints" / "epoch_0001" / "model.safetensors").is_file()
+    assert (run_dir / "model.pth").is_file() and (run_dir / "config.yaml").is_file()
+    assert results["config"]["method"] == method and results["git_revision"]
+    if method != "ce":
+        assert "top1" in results["teacher"]  # the teacher was evaluated before training
+        assert method in results["history"][0]

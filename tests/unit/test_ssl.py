@@ -1,0 +1,249 @@
+"""The SSL recipe's own logic: the labeled split, the views, the iteration sampler, the schedule, the losses,
+and loading USB's pretrained ViT through the recipe (no training, seconds)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dkl_core import ikl_loss
+from dkl_train.config import ConfigError, build_config
+from dkl_train.data import TransformedDataset, get_spec
+from dkl_recipe_ssl.train import (
+    IterationSampler,
+    PretrainedError,
+    SSLConfig,
+    TwoViews,
+    build_model,
+    confidence_mask,
+    consistency_loss,
+    learning_rate,
+    selected_by_validation,
+    split_indices,
+    strong_transform,
+    weak_transform,
+)
+from tests.unit.test_models_published import random_state_dict, usb_vit_small_patch2_32
+
+
+def digits_labels() -> list[int]:
+    """An unbalanced, shuffled 10-class label list the size of the digits training split."""
+    labels = [c for c in range(10) for _ in range(120 + 3 * c)]
+    return np.random.default_rng(0).permutation(labels).tolist()
+
+
+# ----------------------------------------------------------------------------------------------
+# Split
+
+
+def test_labeled_split_is_deterministic_balanced_and_seeded():
+    labels = digits_labels()
+    first = split_indices(labels, labels_per_class=2, val_per_class=5, seed=0)
+    again = split_indices(labels, labels_per_class=2, val_per_class=5, seed=0)
+    other = split_indices(labels, labels_per_class=2, val_per_class=5, seed=1)
+    assert first == again
+    assert first.labeled != other.labeled
+    assert Counter(labels[i] for i in first.labeled) == {c: 2 for c in range(10)}
+    assert Counter(labels[i] for i in first.validation) == {c: 5 for c in range(10)}
+    # Validation is held out of everything the model trains on; the labeled images stay unlabeled too (USB).
+    assert not set(first.validation) & set(first.labeled)
+    assert not set(first.validation) & set(first.unlabeled)
+    assert set(first.labeled) <= set(first.unlabeled)
+    assert len(first.unlabeled) == len(labels) - 50
+
+
+def test_split_without_validation_keeps_every_image_unlabeled():
+    labels = digits_labels()
+    split = split_indices(labels, labels_per_class=4, seed=3)
+    assert split.validation == [] and split.unlabeled == list(range(len(labels)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Views
+
+
+def _image(seed: int = 0) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def test_weak_and_strong_views_differ_and_are_reproducible_per_sample():
+    spec = get_spec("cifar100")
+    config = SSLConfig()
+    rows = [{"image": _image(i), "label": i % 3} for i in range(4)]
+    dataset = TransformedDataset(rows, TwoViews(weak_transform(spec), strong_transform(spec, config)), seed=5)
+    sample = dataset[(2, 1)]
+    assert set(sample) == {"weak", "strong", "label", "index"}
+    assert sample["weak"].shape == sample["strong"].shape == (3, 32, 32)
+    assert not torch.equal(sample["weak"], sample["strong"])
+    again = dataset[(2, 1)]
+    torch.testing.assert_close(again["strong"], sample["strong"], rtol=0, atol=0)
+    assert not torch.equal(dataset[(3, 1)]["weak"], sample["weak"])  # another pass, another draw
+
+
+def test_meanteacher_views_are_two_different_weak_draws():
+    spec = get_spec("cifar100")
+    weak = weak_transform(spec)
+    views = TransformedDataset([{"image": _image(), "label": 0}], TwoViews(weak, weak), seed=0)
+    differ = [not torch.equal(s["weak"], s["strong"]) for s in (views[(e, 0)] for e in range(8))]
+    assert any(differ)
+
+
+# ----------------------------------------------------------------------------------------------
+# Iteration sampler: two processes read the one-process batches; resuming continues the stream
+
+
+def _keys(sampler: IterationSampler) -> list[tuple[int, int]]:
+    return list(iter(sampler))
+
+
+def test_process_shares_make_up_the_single_process_batches():
+    single = _keys(IterationSampler(10, 4, seed=0, start=0, stop=6))
+    shares = [_keys(IterationSampler(10, 4, seed=0, start=0, stop=6, rank=r, num_processes=2)) for r in range(2)]
+    for it in range(6):
+        batch = single[it * 4 : (it + 1) * 4]
+        assert shares[0][it * 2 : (it + 1) * 2] + shares[1][it * 2 : (it + 1) * 2] == batch
+    # Each pass over the 10 samples is a permutation.
+    assert sorted(i for e, i in single if e == 0) == list(range(10))
+
+
+def test_sampler_started_late_continues_the_stream():
+    full = _keys(IterationSampler(7, 3, seed=2, start=0, stop=9))
+    tail = _keys(IterationSampler(7, 3, seed=2, start=4, stop=9))
+    assert tail == full[4 * 3 :]
+
+
+def test_sampler_refuses_a_batch_that_does_not_split():
+    with pytest.raises(ValueError, match="not divisible by 2 processes"):
+        IterationSampler(10, 3, seed=0, start=0, stop=1, rank=0, num_processes=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Config and schedule
+
+
+def test_schedule_is_usb_warmup_then_seven_sixteenths_cosine():
+    config = build_config(SSLConfig, {"iterations": 1000, "warmup_iters": 100, "lr": 1.0, "eval_every_iters": 100})
+    assert learning_rate(config, 0) == 0.0
+    assert learning_rate(config, 50) == pytest.approx(0.5)
+    assert learning_rate(config, 100) == pytest.approx(1.0)
+    assert learning_rate(config, 1000) == pytest.approx(math.cos(math.pi * 7 / 16))
+    assert config.epochs == 10 and config.eval_every == 1
+
+
+def test_config_rejects_mismatched_loss_and_bad_stop():
+    with pytest.raises(ConfigError, match="takes consistency=ce or ikl"):
+        build_config(SSLConfig, {"method": "fixmatch", "consistency": "mse"})
+    with pytest.raises(ConfigError, match="multiple of eval_every_iters"):
+        build_config(SSLConfig, {"iterations": 10, "eval_every_iters": 4, "stop_after_iters": 6})
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses
+
+
+def _logits(seed: int, batch: int = 6, classes: int = 5, scale: float = 4.0) -> torch.Tensor:
+    return scale * torch.randn(batch, classes, generator=torch.Generator().manual_seed(seed))
+
+
+def test_ikl_consistency_is_masked_and_averaged_over_the_whole_batch():
+    config = build_config(SSLConfig, {"consistency": "ikl", "mse_weight": 0.1, "ce_weight": 1.0})
+    s, t = _logits(0), _logits(1)
+    mask = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
+    per = ikl_loss(s, t, mse_weight=0.1, ce_weight=1.0, detach_weights=False, reduction="none")
+    torch.testing.assert_close(consistency_loss(config, s, t, mask), (per * mask).sum() / 6)
+    assert consistency_loss(config, s, t, torch.zeros(6)) == 0
+
+
+def test_released_ikl_lets_the_gradient_through_the_weights():
+    s, t = _logits(0), _logits(1)
+    mask = torch.ones(6)
+    grads = {}
+    for detach in (False, True):
+        config = build_config(SSLConfig, {"consistency": "ikl", "mse_weight": 1.0, "detach_weights": detach})
+        target = t.clone().requires_grad_()
+        consistency_loss(config, s, target, mask).backward()
+        grads[detach] = target.grad
+    # Both versions send a gradient into the weak-view logits (wMSE); only the released one through the weights.
+    assert grads[True].abs().sum() > 0
+    assert not torch.allclose(grads[False], grads[True])
+
+
+def test_fixmatch_ce_uses_sharpened_soft_pseudo_labels_and_no_target_gradient():
+    config = build_config(SSLConfig, {"consistency": "ce"})
+    s, t = _logits(2), _logits(3).requires_grad_()
+    mask = confidence_mask(t, 0.0)
+    loss = consistency_loss(config, s, t, mask)
+    expected = -(torch.softmax(t.detach() / 0.5, 1) * torch.log_softmax(s, 1)).sum(1).mean()
+    torch.testing.assert_close(loss, expected)
+    assert not loss.requires_grad  # s has no grad here and the pseudo-labels are detached
+    hard = build_config(SSLConfig, {"consistency": "ce", "hard_label": True})
+    torch.testing.assert_close(
+        consistency_loss(hard, s, t, mask), torch.nn.functional.cross_entropy(s, t.detach().argmax(1))
+    )
+
+
+def test_meanteacher_mse_and_confidence_mask():
+    config = build_config(SSLConfig, {"method": "meanteacher", "consistency": "mse"})
+    s, t = _logits(4), _logits(5)
+    mask = confidence_mask(t, 0.95)
+    probs = torch.softmax(t, 1)
+    assert torch.equal(mask, (probs.max(1).values >= 0.95).float())
+    expected = ((torch.softmax(s, 1) - probs) ** 2).mean(1) * mask
+    torch.testing.assert_close(consistency_loss(config, s, t, mask), expected.mean())
+
+
+def test_test_accuracy_is_selected_on_validation():
+    history = [
+        {"global_step": 10, "val_ema_top1": 50.0, "test_top1": 40.0, "test_ema_top1": 41.0},
+        {"global_step": 20, "val_ema_top1": 70.0, "test_top1": 45.0, "test_ema_top1": 44.0},
+        {"global_step": 30, "val_ema_top1": 70.0, "test_top1": 60.0, "test_ema_top1": 61.0},
+    ]
+    picked = selected_by_validation(history)
+    assert picked["iteration"] == 20 and picked["test_ema_top1"] == 44.0
+    assert selected_by_validation([{"global_step": 1, "test_top1": 3.0}]) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# USB's pretrained ViT-S/2 through the recipe's loading path
+
+
+@pytest.fixture(scope="module")
+def usb_state() -> dict[str, torch.Tensor]:
+    """Random tensors with the names and shapes of USB's vit_small_patch2_32_mlp_im_1k_32.pth (1000-way head)."""
+    return random_state_dict(usb_vit_small_patch2_32(num_classes=1000, grid=8), seed=0)
+
+
+def _config(path: str) -> SSLConfig:
+    return build_config(SSLConfig, {"pretrained": path, "model_kwargs": {"drop_path_rate": 0.0}})
+
+
+def test_usb_checkpoint_loads_through_the_recipe(usb_state, tmp_path):
+    path = tmp_path / "vit_small_patch2_32_mlp_im_1k_32.pth"
+    torch.save({"model": usb_state}, path)
+    logged = []
+    model = build_model(_config(str(path)), num_classes=100, log=logged.append)
+    state = model.state_dict()
+    torch.testing.assert_close(state["blocks.11.mlp.fc2.weight"], usb_state["blocks.11.mlp.fc2.weight"])
+    assert state["pos_embed"].shape == (1, 257, 384)  # resampled from the 8x8 grid to 16x16
+    assert state["head.weight"].shape == (100, 384)
+    assert "dropped" in logged[0] and "pos_embed resampled from 8x8 to 16x16" in logged[0]
+
+
+def test_wrong_checkpoint_fails_clearly(usb_state, tmp_path):
+    renamed = {f"backbone.{k}": v for k, v in usb_state.items()}
+    path = tmp_path / "renamed.pth"
+    torch.save({"model": renamed}, path)
+    with pytest.raises(PretrainedError, match=r"does not fit vit_small_patch2_32.*missing .*blocks\.0\.attn\.qkv"):
+        build_model(_config(str(path)), num_classes=100)
+    torch.save({"model": usb_state}, path)
+    narrow = build_config(SSLConfig, {"pretrained": str(path), "model_kwargs": {"embed_dim": 48, "num_heads": 2}})
+    with pytest.raises(PretrainedError, match=r"shape mismatch\(es\): cls_token: checkpoint \(1, 1, 384\) vs model \(1, 1, 48\)"):
+        build_model(narrow, num_classes=100)
+    with pytest.raises(PretrainedError, match="not found.*vit_small_patch2_32_mlp_im_1k_32.pth"):
+        build_model(_config(str(tmp_path / "absent.pth")), num_classes=100)
