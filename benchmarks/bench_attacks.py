@@ -63,7 +63,9 @@ def main(argv: list[str]) -> None:
     candidates = {
         f"{k} x fwd+bwd": lambda: frozen_baseline(model, images, labels, k),
         "pgd ce": lambda: pgd(model, images, labels, eps=eps, step_size=2 / 255, steps=k),
-        "pgd ce, no checks": lambda: pgd(model, images, labels, eps=eps, step_size=2 / 255, steps=k, check_inputs=False),
+        "pgd ce, no checks": lambda: pgd(
+            model, images, labels, eps=eps, step_size=2 / 255, steps=k, check_inputs=False
+        ),
         "pgd kl": lambda: pgd(model, images, labels, eps=eps, step_size=2 / 255, steps=k, loss="kl"),
     }
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
@@ -73,8 +75,14 @@ def main(argv: list[str]) -> None:
             {
                 "5 x fwd+bwd": lambda: frozen_baseline(model, images, labels, 5),
                 "inner max ikl (5 steps)": lambda: inner_maximization(
-                    model, images, labels, epoch=200, epochs=200, budget="high_as_released",
-                    attack_loss="ikl", class_prior=prior,
+                    model,
+                    images,
+                    labels,
+                    epoch=200,
+                    epochs=200,
+                    budget="high_as_released",
+                    attack_loss="ikl",
+                    class_prior=prior,
                 ),
             },  # fmt: skip
             device,

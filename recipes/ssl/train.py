@@ -50,6 +50,11 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
 from dkl_core import ikl_loss
 from dkl_train.averaging import ema_model
 from dkl_train.config import BaseConfig, ConfigError, parse_config
@@ -63,17 +68,11 @@ from dkl_train.data import (
     sample_seed,
 )
 from dkl_train.training import Run, evaluate, set_learning_rate
-from torch import nn
-from torch.utils.data import DataLoader, Sampler
-from torchvision.transforms import v2
-from tqdm.auto import tqdm
 
 METHODS = ("fixmatch", "meanteacher")
 # The consistency loss each method was published with, and the IKL replacement.
 ORIGINAL_CONSISTENCY = {"fixmatch": "ce", "meanteacher": "mse"}
-USB_CHECKPOINT_URL = (
-    "https://github.com/microsoft/Semi-supervised-learning/releases/download/v.0.0.0/vit_small_patch2_32_mlp_im_1k_32.pth"
-)
+USB_CHECKPOINT_URL = "https://github.com/microsoft/Semi-supervised-learning/releases/download/v.0.0.0/vit_small_patch2_32_mlp_im_1k_32.pth"
 # Seed offset of the unlabeled stream, so its augmentations never replay the labeled ones.
 UNLABELED_SEED_OFFSET = 1_000_003
 
@@ -372,9 +371,16 @@ def build_optimizer(config: SSLConfig, model: nn.Module) -> torch.optim.Optimize
     """
     from timm.optim import create_optimizer_v2
 
-    kwargs: dict[str, Any] = {"momentum": config.momentum, "nesterov": config.nesterov} if config.optimizer == "sgd" else {}
+    kwargs: dict[str, Any] = (
+        {"momentum": config.momentum, "nesterov": config.nesterov} if config.optimizer == "sgd" else {}
+    )
     return create_optimizer_v2(
-        model, config.optimizer, lr=config.lr, weight_decay=config.weight_decay, layer_decay=config.layer_decay, **kwargs
+        model,
+        config.optimizer,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        layer_decay=config.layer_decay,
+        **kwargs,
     )
 
 

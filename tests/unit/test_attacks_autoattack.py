@@ -66,7 +66,9 @@ def test_eval_mode_and_float32_are_forced(digits):
     x, y = x[:32], y[:32]
     reference = autoattack_evaluation(model.eval(), x, y, eps=0.08, batch_size=32, **QUICK)
     dropout_model = nn.Sequential(model, nn.Dropout(0.5)).train()  # dropout in train mode would randomise
-    assert autoattack_evaluation(dropout_model, x, y, eps=0.08, batch_size=32, **QUICK).per_attack == reference.per_attack
+    assert (
+        autoattack_evaluation(dropout_model, x, y, eps=0.08, batch_size=32, **QUICK).per_attack == reference.per_attack
+    )
     assert dropout_model.training and model.training
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert autoattack_evaluation(model, x, y, eps=0.08, batch_size=32, **QUICK).per_attack == reference.per_attack
@@ -107,7 +109,10 @@ def test_interrupted_then_resumed_equals_uninterrupted(digits, tmp_path):
     assert sorted(torch.load(path, weights_only=True)["chunks"]) == [0, 1, 2]
     # a finished file answers without running the model at all
     idle = StopAtChunk(model, x[:1])
-    assert autoattack_evaluation(idle, x, y, eps=0.08, batch_size=32, progress_path=path, **QUICK).per_attack == full.per_attack
+    assert (
+        autoattack_evaluation(idle, x, y, eps=0.08, batch_size=32, progress_path=path, **QUICK).per_attack
+        == full.per_attack
+    )
     assert idle.calls == 0
     with pytest.raises(ValueError, match="other settings"):
         autoattack_evaluation(model, x, y, eps=0.05, batch_size=32, progress_path=path, **QUICK)

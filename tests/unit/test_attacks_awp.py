@@ -91,7 +91,9 @@ def test_restore_keeps_the_optimizer_update():
     awp.restore()
     for name, p in model.named_parameters():
         original = reference.get_parameter(name)
-        torch.testing.assert_close(p, original + (perturbed[name] + update[name] - perturbed[name]), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(
+            p, original + (perturbed[name] + update[name] - perturbed[name]), rtol=1e-6, atol=1e-7
+        )
 
 
 def test_misuse_is_reported():

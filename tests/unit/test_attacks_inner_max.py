@@ -28,7 +28,16 @@ def test_linear_ramp_over_the_whole_run():
 
 @pytest.mark.parametrize(
     "epoch,steps,step_fraction",
-    [(1, 2, 1.0), (50, 2, 1.0), (51, 3, 2 / 3), (100, 3, 2 / 3), (101, 4, 0.5), (150, 4, 0.5), (151, 5, 0.5), (200, 5, 0.5)],
+    [
+        (1, 2, 1.0),
+        (50, 2, 1.0),
+        (51, 3, 2 / 3),
+        (100, 3, 2 / 3),
+        (101, 4, 0.5),
+        (150, 4, 0.5),
+        (151, 5, 0.5),
+        (200, 5, 0.5),
+    ],
 )
 def test_high_budget_as_intended(epoch, steps, step_fraction):
     schedule = attack_schedule(epoch, 200, eps=EPS, budget="high")
@@ -91,7 +100,8 @@ def test_ikl_attack_loss_equals_ikl_loss_with_prior_rows():
     torch.testing.assert_close(got, expected)
     # on a sub-batch the callable picks the rows itself
     torch.testing.assert_close(
-        ikl_attack_loss(matrix)(adv[:3], nat[:3], y[:3]), ikl_loss(adv[:3], nat[:3], weights=prior.weights(y[:3]), reduction="sum")
+        ikl_attack_loss(matrix)(adv[:3], nat[:3], y[:3]),
+        ikl_loss(adv[:3], nat[:3], weights=prior.weights(y[:3]), reduction="sum"),
     )
 
 

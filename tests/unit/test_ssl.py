@@ -9,11 +9,6 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from dkl_core import ikl_loss
-from dkl_train.config import ConfigError, build_config
-from dkl_train.data import TransformedDataset, get_spec
 from dkl_recipe_ssl.train import (
     IterationSampler,
     PretrainedError,
@@ -28,6 +23,11 @@ from dkl_recipe_ssl.train import (
     strong_transform,
     weak_transform,
 )
+from PIL import Image
+
+from dkl_core import ikl_loss
+from dkl_train.config import ConfigError, build_config
+from dkl_train.data import TransformedDataset, get_spec
 from tests.unit.test_models_published import random_state_dict, usb_vit_small_patch2_32
 
 
@@ -243,7 +243,9 @@ def test_wrong_checkpoint_fails_clearly(usb_state, tmp_path):
         build_model(_config(str(path)), num_classes=100)
     torch.save({"model": usb_state}, path)
     narrow = build_config(SSLConfig, {"pretrained": str(path), "model_kwargs": {"embed_dim": 48, "num_heads": 2}})
-    with pytest.raises(PretrainedError, match=r"shape mismatch\(es\): cls_token: checkpoint \(1, 1, 384\) vs model \(1, 1, 48\)"):
+    with pytest.raises(
+        PretrainedError, match=r"shape mismatch\(es\): cls_token: checkpoint \(1, 1, 384\) vs model \(1, 1, 48\)"
+    ):
         build_model(narrow, num_classes=100)
     with pytest.raises(PretrainedError, match="not found.*vit_small_patch2_32_mlp_im_1k_32.pth"):
         build_model(_config(str(tmp_path / "absent.pth")), num_classes=100)

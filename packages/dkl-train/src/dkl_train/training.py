@@ -172,12 +172,23 @@ class Run:
         self.config = config
         self.run_dir = Path(config.output_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
+        # `accelerate launch --multi_gpu --num_processes N` on a machine without CUDA: Accelerate 1.x only
+        # picks the multi-process CPU (gloo) mode when told `cpu=True`; otherwise every process believes
+        # it is a lone main process and they all write the same files.
+        cpu_processes = "LOCAL_RANK" in os.environ and not torch.cuda.is_available()
         self.accelerator = Accelerator(
+            cpu=cpu_processes,
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             log_with="tensorboard",
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir)),
         )
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched != self.accelerator.num_processes:
+            raise RuntimeError(
+                f"launched as {launched} processes but Accelerate runs {self.accelerator.num_processes}; "
+                "check the `accelerate launch` options (e.g. --multi_gpu --num_processes N)"
+            )
         set_seed(config.seed, deterministic=config.deterministic)
         world = self.accelerator.num_processes * config.gradient_accumulation_steps
         if config.batch_size % world:

@@ -164,7 +164,8 @@ def autoattack_evaluation(
 
     Args:
         model: returns logits for inputs in ``[0, 1]`` (a model that returns probabilities gets a
-            warning, as AutoAttack's own checks give).
+            warning, as AutoAttack's own checks give). Pass the unwrapped model
+            (``accelerator.unwrap_model``), not a DDP wrapper: the processes evaluate independently.
         data: images ``[N, ...]`` in ``[0, 1]`` (with ``labels``) or a dataset of ``(image, label)``.
         labels: ``[N]`` class indices when ``data`` is a tensor.
         eps: radius, e.g. ``8/255`` (L-inf) or ``0.5`` (L2).
@@ -208,7 +209,7 @@ def autoattack_evaluation(
         adversary = auto_attack_class(
             net, eps=float(eps), norm=norm, version=version, device=device, seed=int(seed), **options
         )
-        attacks = list(adversary.attacks_to_run)
+        names = list(adversary.attacks_to_run)
         checked = False
         for index in mine:
             images, targets = source.chunk(index)
@@ -223,9 +224,9 @@ def autoattack_evaluation(
                 continue
             check_images_labels(images, targets)
             if not checked:
-                _run_checks(net, images, targets, attacks, adversary)
+                _run_checks(net, images, targets, names, adversary)
                 checked = True
-            records[index] = _evaluate_chunk(net, adversary, attacks, images, targets, eps, norm)
+            records[index] = _evaluate_chunk(net, adversary, names, images, targets, eps, norm)
             records[index]["checksum"] = checksum
             if path is not None:
                 _save_progress(_rank_path(path, rank, world_size), settings, records)
@@ -235,14 +236,14 @@ def autoattack_evaluation(
         merged.update(part)
     order = range(source.num_chunks)
     clean = torch.cat([merged[i]["clean"] for i in order])
-    after = {name: torch.cat([merged[i]["after"][name] for i in order]) for name in attacks}
+    after = {name: torch.cat([merged[i]["after"][name] for i in order]) for name in names}
     n = source.length
     return AutoAttackResult(
         clean_accuracy=int(clean.sum()) / n,
-        robust_accuracy=int(after[attacks[-1]].sum()) / n,
+        robust_accuracy=int(after[names[-1]].sum()) / n,
         per_attack={name: int(flags.sum()) / n for name, flags in after.items()},
         num_samples=n,
-        robust=after[attacks[-1]].clone(),
+        robust=after[names[-1]].clone(),
     )
 
 

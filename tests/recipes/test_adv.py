@@ -1,0 +1,84 @@
+"""Adversarial-training recipe smoke runs on digits through `accelerate launch` on CPU, and the AutoAttack evaluation.
+
+Every method trains two steps with every piece switched on (eps ramp, AWP from the first epoch,
+class prior, checkpoint average, EMA, held-out PGD validation; AutoAugment views for one method).
+All four methods run inside one launch (this file is also the launched script: its ``__main__``
+calls the recipe's ``main`` per method) to pay the start-up once. Then ``eval.py`` runs AutoAttack
+on the ikl run's weights (raw, checkpoint average, EMA) and writes them into its ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+CONFIG = "recipes/adv/configs/digits_ikl.yaml"
+TINY = ["epochs=1", "max_steps_per_epoch=2", "batch_size=16", "eval_subset=32", "eval_batch_size=32",
+        "robust_val_size=24", "robust_val_steps=2", "awp_warmup_epochs=1", "ema_decay=0.5", "log_every=1",
+        "log_step_losses=true"]  # fmt: skip
+METHODS = ["ikl", "gkl", "trades", "pgd_at"]
+EXTRA = {"gkl": ["gamma=0.5", "augmentation=autoaug"], "pgd_at": ["random_start=uniform"]}
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(digits_dir, tmp_path_factory):
+    from tests.recipes.conftest import launch_command, run_launch
+
+    root = tmp_path_factory.mktemp("adv_smoke")
+    run_launch(launch_command(__file__, str(root), ",".join(METHODS), f"data_dir={digits_dir}"))
+    return root
+
+
+@pytest.mark.recipe
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_two_steps(method, smoke_runs):
+    run_dir = smoke_runs / method
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["config"]["method"] == method and results["method"] == method
+    assert results["global_steps"] == 2 and results["epochs_completed"] == 1
+    epoch = results["history"][0]
+    assert 0.0 <= results["final"]["top1"] <= 100.0 and results["final"]["samples"] == 32
+    assert 0.0 <= epoch["val_pgd2_top1"] <= epoch["val_clean_top1"] <= 100.0  # held-out, logged next to clean
+    assert epoch["attack_eps"] == pytest.approx(0.1) and epoch["attack_steps"] == 5  # 1-epoch run: full eps
+    for label, name in (("raw", "model.pth"), ("checkpoint_average", "model_avg.pth"), ("ema", "model_ema.pth")):
+        assert results["weights"][label] == name and (run_dir / name).is_file()
+    assert set(results["averaged"]) == {"checkpoint_average", "ema"}
+    if method in ("ikl", "gkl", "trades"):
+        assert "ce" in epoch and method in epoch
+    if method == "gkl":
+        assert "gkl_aug" in epoch  # the AutoAugment half of the two-view loss
+    assert (run_dir / "checkpoints" / "epoch_0001").is_dir()
+
+
+@pytest.mark.recipe
+def test_autoattack_eval_writes_results(smoke_runs, digits_dir, launch):
+    run_dir = smoke_runs / "ikl"
+    args = [f"run_dir={run_dir}", f"data_dir={digits_dir}", "subset=20", "batch_size=10"]
+    launch("recipes/adv/eval.py", *args)
+    results = json.loads((run_dir / "results.json").read_text())
+    attack = results["autoattack"]
+    assert attack["primary"] == "checkpoint_average" and set(attack["weights"]) == {"raw", "checkpoint_average", "ema"}
+    for entry in attack["weights"].values():
+        assert entry["num_samples"] == 20
+        assert 0.0 <= entry["robust"] <= entry["clean"] <= 100.0
+        assert list(entry["per_attack"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+        assert entry["per_attack"]["square"] == entry["robust"]
+    assert attack["eps"] == pytest.approx(0.1) and attack["clean"] == attack["weights"]["checkpoint_average"]["clean"]
+    assert results["final"]["top1"] >= 0  # training's results are kept
+    # Resumable: the progress files exist, and a second run reads them instead of attacking again.
+    assert (run_dir / "autoattack" / "raw.pt").is_file()
+    again = launch("recipes/adv/eval.py", *args, "weights=[raw]")
+    assert json.loads((run_dir / "results.json").read_text())["autoattack"]["weights"]["raw"] == attack["weights"]["raw"]
+    assert "robust" in again.stdout
+
+
+if __name__ == "__main__":  # launched by the fixture above: every method in one process
+    from dkl_recipe_adv.train import main
+
+    root, methods, overrides = Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3:]
+    for method in methods:
+        main(["--config", CONFIG, *TINY, *overrides, *EXTRA.get(method, []), f"method={method}",
+              f"output_dir={root / method}"])  # fmt: skip
