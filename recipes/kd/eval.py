@@ -13,12 +13,12 @@ import argparse
 from pathlib import Path
 
 from accelerate import Accelerator
+from dkl_recipe_kd.train import KDConfig  # the recipe's schema (this folder is the installed package)
+
 from dkl_train.config import ConfigError, load_config
 from dkl_train.data import build_datasets, make_loader
 from dkl_train.results import write_json_atomic
 from dkl_train.training import evaluate
-
-from dkl_recipe_kd.train import KDConfig  # the recipe's schema (this folder is the installed package)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
     _, test_set, spec = build_datasets(config)
     model = create_model(config.student, spec.num_classes, checkpoint=str(weights), **config.student_kwargs)
-    loader = accelerator.prepare(make_loader(test_set, config.eval_batch_size, train=False, num_workers=config.num_workers))
+    loader = accelerator.prepare(
+        make_loader(test_set, config.eval_batch_size, train=False, num_workers=config.num_workers)
+    )
     metrics = evaluate(model.to(accelerator.device), loader, accelerator, progress="eval")
     if accelerator.is_main_process:
         payload = {"weights": str(weights), "student": config.student, "dataset": config.dataset, **metrics}

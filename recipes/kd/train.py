@@ -26,11 +26,12 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
+from torch import nn
+
 from dkl_core import ClassPrior, dkd_loss, gkl_loss, ikl_loss, kl_loss
 from dkl_train.config import BaseConfig, ConfigError, parse_config
 from dkl_train.data import build_datasets
 from dkl_train.training import Run, build_optimizer, evaluate
-from torch import nn
 
 METHODS = ("ce", "kd", "dkd", "ikl", "gkl")
 TEACHER_TARBALL = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
@@ -213,7 +214,9 @@ def train(config: KDConfig) -> dict[str, Any]:
     extra: dict[str, Any] = {"method": config.method, "paper_top1": config.paper_top1}
     if teacher is not None and config.evaluate_teacher:
         extra["teacher"] = evaluate(teacher, test_loader, run.accelerator, progress="teacher")
-        run.print(f"teacher {config.teacher}: top-1 {extra['teacher']['top1']:.2f}%, top-5 {extra['teacher']['top5']:.2f}%")
+        run.print(
+            f"teacher {config.teacher}: top-1 {extra['teacher']['top1']:.2f}%, top-5 {extra['teacher']['top5']:.2f}%"
+        )
 
     for epoch in run.epochs():
 

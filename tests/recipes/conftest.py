@@ -56,7 +56,9 @@ def run_launch(command: list[str], expect_failure: bool = False, timeout: float 
     )
     if (result.returncode != 0) != expect_failure:
         expectation = "fail" if expect_failure else "succeed"
-        pytest.fail(f"expected {command[-1]!r}... to {expectation}; exit {result.returncode}. Output:\n{result.stdout[-6000:]}")
+        pytest.fail(
+            f"expected {command[-1]!r}... to {expectation}; exit {result.returncode}. Output:\n{result.stdout[-6000:]}"
+        )
     return result
 
 
@@ -72,9 +74,11 @@ def launch() -> Callable[..., subprocess.CompletedProcess]:
 
     return run
 
+
 def write_mdistiller_checkpoint(path: Path, arch: str, num_classes: int, seed: int = 0) -> Path:
     """A randomly initialised ``arch`` saved the way mdistiller saves its teachers (``ckpt_epoch_240.pth``)."""
     import torch
+
     from dkl_train.models import create_model
 
     torch.manual_seed(seed)

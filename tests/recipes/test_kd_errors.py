@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from dkl_core import ClassPrior, ikl_loss, kl_loss
 from dkl_recipe_kd.train import KDConfig, TeacherError, build_teacher, distillation_loss, main, warmup_factor
+
+from dkl_core import ClassPrior, ikl_loss, kl_loss
 from dkl_train.config import load_config
 from dkl_train.models import create_model
-
 from tests.recipes.conftest import write_mdistiller_checkpoint
 
 
@@ -70,14 +70,18 @@ def test_missing_teacher_says_where_to_get_it(tmp_path):
         main(["--config", "recipes/kd/configs/cifar100_resnet32x4_resnet8x4_ikl.yaml",
               f"teacher_checkpoint={tmp_path}/none.pth"])  # fmt: skip
     message = str(exit_info.value)
-    assert "cifar_teachers.tar" in message and "data/teachers/cifar_teachers/<name>_vanilla/ckpt_epoch_240.pth" in message
+    assert (
+        "cifar_teachers.tar" in message and "data/teachers/cifar_teachers/<name>_vanilla/ckpt_epoch_240.pth" in message
+    )
 
 
 def test_unknown_key_lists_valid_ones(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--config", "recipes/kd/configs/digits_resnet20_resnet8_ikl.yaml", "temprature=2"])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "unknown config key 'temprature'" in err and "Did you mean 'temperature'" in err
+    assert (
+        exit_info.value.code == 2 and "unknown config key 'temprature'" in err and "Did you mean 'temperature'" in err
+    )
     assert "Valid keys:" in err and "mse_weight" in err
 
 
@@ -92,7 +96,9 @@ def test_every_config_parses_and_builds_its_models():
     for path in configs:
         config = load_config(KDConfig, path)
         classes = get_spec(config.dataset).num_classes
-        names = [(config.student, config.student_kwargs)] + ([(config.teacher, config.teacher_kwargs)] if config.teacher else [])
+        names = [(config.student, config.student_kwargs)] + (
+            [(config.teacher, config.teacher_kwargs)] if config.teacher else []
+        )
         for name, kwargs in names:
             key = (name + str(kwargs), classes)
             if key not in built:  # build each architecture once (ImageNet ones are large)

@@ -35,6 +35,8 @@ def test_resumed_run_equals_uninterrupted(digits_dir, digits_teacher, launch, tm
     assert [[h[k] for k in keys] for h in a["history"]] == [[h[k] for k in keys] for h in b["history"]]
     assert a["final"] == b["final"] and a["global_steps"] == b["global_steps"] == 6
     prior_a, prior_b = prior_of(straight), prior_of(resumed)
-    assert torch.equal(prior_a["prior"], prior_b["prior"]) and not torch.allclose(prior_a["prior"], torch.full_like(prior_a["prior"], 0.1))
+    assert torch.equal(prior_a["prior"], prior_b["prior"]) and not torch.allclose(
+        prior_a["prior"], torch.full_like(prior_a["prior"], 0.1)
+    )
     weights_a, weights_b = (torch.load(d / "model.pth")["model"] for d in (straight, resumed))
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)

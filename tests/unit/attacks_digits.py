@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """One torch thread inside the block: the models are tiny, and on a shared 2-core machine several
+    threads per process oversubscribe the cores (measured here: up to 10x slower, e.g. training
+    went from about 1 s to about 30 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def digits_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -27,14 +43,8 @@ def make_model(batch_norm: bool = True) -> nn.Module:
 
 
 def train_digits_model(seed: int = 0, steps: int = 300, batch_norm: bool = True) -> nn.Module:
-    """Full-batch Adam on the training split; about 95% test accuracy. Returned in eval mode.
-
-    Trains on one thread: the model is tiny, and on a shared 2-core machine several threads per
-    process oversubscribe the cores (measured: training went from ~1 s to ~30 s).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    """Full-batch Adam on the training split; about 95% test accuracy. Returned in eval mode."""
+    with single_thread():
         torch.manual_seed(seed)
         x_train, y_train, _, _ = digits_tensors()
         model = make_model(batch_norm)
@@ -45,8 +55,6 @@ def train_digits_model(seed: int = 0, steps: int = 300, batch_norm: bool = True)
             nn.functional.cross_entropy(model(x_train), y_train).backward()
             optimizer.step()
         model.zero_grad(set_to_none=True)
-    finally:
-        torch.set_num_threads(threads)
     return model.eval()
 
 

@@ -15,22 +15,18 @@ from torch.utils.data import TensorDataset
 pyautoattack = pytest.importorskip("pyautoattack")
 
 from dkl_core.attacks import autoattack_evaluation, robust_accuracy  # noqa: E402
-from tests.unit.attacks_digits import accuracy, digits_tensors, train_digits_model  # noqa: E402
+from tests.unit.attacks_digits import accuracy, digits_tensors, single_thread, train_digits_model  # noqa: E402
 
 QUICK = {"version": "custom", "attacks": ["apgd-ce", "apgd-t"]}
 
 
 @pytest.fixture(scope="module")
 def digits():
-    # one thread: the attacks run thousands of tiny steps, and on a shared CPU two threads per
-    # process oversubscribe the cores (measured here: 10x slower)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = train_digits_model()
-    _, _, x_test, y_test = digits_tensors()
-    yield model, x_test, y_test
-    torch.set_num_threads(threads)
+    with single_thread():
+        torch.manual_seed(0)
+        model = train_digits_model()
+        _, _, x_test, y_test = digits_tensors()
+        yield model, x_test, y_test
 
 
 def direct(model, x, y, eps, norm):

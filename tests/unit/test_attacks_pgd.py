@@ -8,14 +8,15 @@ from torch import nn
 
 from dkl_core import kl_loss
 from dkl_core.attacks import initial_point, pgd, project
-from tests.unit.attacks_digits import accuracy, digits_tensors, train_digits_model
+from tests.unit.attacks_digits import accuracy, digits_tensors, single_thread, train_digits_model
 
 
 @pytest.fixture(scope="module")
 def digits():
-    model = train_digits_model()
-    _, _, x_test, y_test = digits_tensors()
-    return model, x_test[:200], y_test[:200]
+    with single_thread():
+        model = train_digits_model()
+        _, _, x_test, y_test = digits_tensors()
+        yield model, x_test[:200], y_test[:200]
 
 
 def random_model(seed: int) -> nn.Module:

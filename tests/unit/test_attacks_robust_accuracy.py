@@ -6,33 +6,34 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from dkl_core.attacks import pgd, robust_accuracy
-from tests.unit.attacks_digits import accuracy, digits_tensors, train_digits_model
+from tests.unit.attacks_digits import accuracy, digits_tensors, single_thread, train_digits_model
 
 
 @pytest.fixture(scope="module")
 def digits():
-    model = train_digits_model()
-    _, _, x_test, y_test = digits_tensors()
-    return model, x_test[:150], y_test[:150]
+    with single_thread():
+        model = train_digits_model()
+        _, _, x_test, y_test = digits_tensors()
+        yield model, x_test[:100], y_test[:100]
 
 
 @pytest.mark.parametrize("attack", ["pgd", "cw"])
 def test_robust_below_clean_and_matches_a_manual_pgd(digits, attack):
     model, x, y = digits
     result = robust_accuracy(model, x, y, eps=0.1, attack=attack, batch_size=64)
-    assert result.num_samples == 150
+    assert result.num_samples == 100
     assert result.clean_accuracy == pytest.approx(accuracy(model, x, y))
     assert result.robust_accuracy < 0.6 * result.clean_accuracy
     # chunk i uses a generator seeded with seed + i: reproduce by hand
     correct = 0
-    for i, start in enumerate(range(0, 150, 64)):
+    for i, start in enumerate(range(0, 100, 64)):
         xb, yb = x[start : start + 64], y[start : start + 64]
         x_adv = pgd(
             model, xb, yb, eps=0.1, step_size=0.025, steps=20, loss="ce" if attack == "pgd" else "cw",
             random_start="uniform", generator=torch.Generator().manual_seed(i),
         )  # fmt: skip
         correct += int((model(x_adv).argmax(1) == yb).sum())
-    assert result.robust_accuracy == correct / 150
+    assert result.robust_accuracy == correct / 100
 
 
 def test_deterministic_restores_modes_and_accepts_datasets(digits):

@@ -7,6 +7,7 @@ from typing import Literal
 
 import pytest
 import yaml
+
 from dkl_train.config import (
     BaseConfig,
     ConfigError,
@@ -43,7 +44,9 @@ def write(tmp_path, text: str):
 
 def test_yaml_and_overrides_are_coerced(tmp_path):
     path = write(tmp_path, "epochs: 3\nlr: 1e-2\nmixed_precision: no\nlr_milestones: [1, 2]\n")
-    config = load_config(Demo, path, ["batch_size=32", "resume=true", "weight_decay=5e-4", "lr_milestones=5", "teacher=null"])
+    config = load_config(
+        Demo, path, ["batch_size=32", "resume=true", "weight_decay=5e-4", "lr_milestones=5", "teacher=null"]
+    )
     assert (config.epochs, config.lr, config.batch_size, config.resume) == (3, 0.01, 32, True)
     assert config.mixed_precision == "no"  # YAML 1.1 reads a bare `no` as false
     assert config.weight_decay == 5e-4 and config.lr_milestones == [5] and config.teacher is None
@@ -106,4 +109,9 @@ def test_flat_hparams_are_scalars():
 
 
 def test_parse_overrides_uses_yaml_syntax():
-    assert parse_overrides(["a=[1,2]", "b=true", "c=text", "d="]) == [("a", [1, 2]), ("b", True), ("c", "text"), ("d", "")]
+    assert parse_overrides(["a=[1,2]", "b=true", "c=text", "d="]) == [
+        ("a", [1, 2]),
+        ("b", True),
+        ("c", "text"),
+        ("d", ""),
+    ]

@@ -8,8 +8,9 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from dkl_train import data as D
 from PIL import Image
+
+from dkl_train import data as D
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +119,8 @@ def test_labeled_subset_is_a_seeded_per_class_draw():
     labels = [i % 4 for i in range(40)]
     chosen = D.labeled_subset_indices(labels, per_class=2, seed=0)
     assert len(chosen) == 8 and sorted(np.bincount([labels[i] for i in chosen])) == [2, 2, 2, 2]
-    assert chosen == D.labeled_subset_indices(labels, per_class=2, seed=0) != D.labeled_subset_indices(labels, 2, seed=1)
+    assert (
+        chosen == D.labeled_subset_indices(labels, per_class=2, seed=0) != D.labeled_subset_indices(labels, 2, seed=1)
+    )
     with pytest.raises(ValueError, match="fewer than per_class"):
         D.labeled_subset_indices(labels, per_class=11)

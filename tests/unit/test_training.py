@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from accelerate import Accelerator
+
 from dkl_train.config import BaseConfig, load_config
 from dkl_train.results import git_revision, write_json_atomic
 from dkl_train.training import NonFiniteLossError, Run, TrainingState, evaluate, learning_rate
@@ -61,7 +62,7 @@ def test_evaluate_top1_top5_over_an_uneven_last_batch():
     accelerator = Accelerator(cpu=True)
     labels = torch.arange(23) % 10
     loader = accelerator.prepare(
-        torch.utils.data.DataLoader([{"image": l.float()[None], "label": l} for l in labels], batch_size=8)
+        torch.utils.data.DataLoader([{"image": y.float()[None], "label": y} for y in labels], batch_size=8)
     )
     exact = evaluate(FixedLogits(0), loader, accelerator)
     assert (exact["top1"], exact["top5"], exact["samples"]) == (100.0, 100.0, 23)

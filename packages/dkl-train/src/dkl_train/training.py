@@ -370,7 +370,9 @@ class Run:
         scalars = {f"epoch/{k}": v for k, v in entry.items() if isinstance(v, int | float)}
         self.accelerator.log(scalars, step=self.state.global_step)
         summary = ", ".join(
-            f"{k}={v:.4g}" for k, v in entry.items() if isinstance(v, float) and k not in ("lr", "images_per_s", "test_samples")
+            f"{k}={v:.4g}"
+            for k, v in entry.items()
+            if isinstance(v, float) and k not in ("lr", "images_per_s", "test_samples")
         )
         self.print(f"epoch {epoch + 1}/{self.config.epochs}: {summary}")
         last = epoch + 1 == self.config.epochs
