@@ -54,9 +54,10 @@ report: install ## Aggregate every results.json under RUNS=<folder> into RUNS/RE
 DATASET ?= digits
 DATA_DIR ?= data
 IMAGENET_DIR ?=
-# `accelerate launch` and its options, e.g. LAUNCH_ARGS="--multi_gpu --num_processes 8 --mixed_precision bf16".
+# `accelerate launch` and its options, e.g. LAUNCH_ARGS="--multi_gpu --num_processes 8 --num_machines 1".
+# The precision comes from the config (mixed_precision: bf16), which overrides the launcher's --mixed_precision.
 LAUNCH ?= $(VENV)/bin/accelerate launch
-LAUNCH_ARGS ?= --num_machines 1 --num_processes 1 --dynamo_backend no
+LAUNCH_ARGS ?= --num_machines 1 --num_processes 1 --dynamo_backend no --mixed_precision no
 KD_CONFIG := $(or $(CONFIG),recipes/kd/configs/cifar100_resnet32x4_resnet8x4_ikl.yaml)
 KD_SEEDS := $(or $(SEEDS),0 1 2)
 KD_RUNS := runs/kd/$(basename $(notdir $(KD_CONFIG)))
@@ -107,7 +108,39 @@ demo-ssl: install ## SSL part of the demo on digits: FixMatch vs FixMatch-IKL, 5
 	$(LAUNCH) --cpu --num_cpu_threads_per_process 1 $(LAUNCH_ARGS) recipes/ssl/train.py --config $(DEMO_SSL)/digits_fixmatch.yaml data_dir=$(DATA_DIR) $(ARGS)
 	$(LAUNCH) --cpu --num_cpu_threads_per_process 1 $(LAUNCH_ARGS) recipes/ssl/train.py --config $(DEMO_SSL)/digits_fixmatch_ikl.yaml data_dir=$(DATA_DIR) $(ARGS)
 
-demo: demo-kd demo-ssl ## Run every recipe on digits on this CPU and print the results side by side
+# --- the adversarial-training recipe (recipes/adv) ---------------------------------------------
+ADV_CONFIG := $(or $(CONFIG),recipes/adv/configs/cifar10_wrn34_ikl.yaml)
+ADV_SEEDS := $(or $(SEEDS),0)
+ADV_RUNS := runs/adv/$(basename $(notdir $(ADV_CONFIG)))
+# eval-adv: a run folder (RUN=..., default the first seed of CONFIG) or an eval-only config (configs/eval_*.yaml).
+ADV_EVAL_SOURCE = $(if $(findstring /eval_,$(ADV_CONFIG)),--config $(ADV_CONFIG),run_dir=$(or $(RUN),$(ADV_RUNS)/seed$(firstword $(ADV_SEEDS))))
+EVAL_ARGS ?=
+DEMO_ADV := recipes/adv/configs
+.PHONY: train-adv eval-adv reproduce-adv demo-adv
+
+train-adv: install ## One adversarial-training run: CONFIG=recipes/adv/configs/<file>.yaml ARGS="key=value ..." (LAUNCH_ARGS for accelerate launch)
+	$(LAUNCH) $(LAUNCH_ARGS) recipes/adv/train.py --config $(ADV_CONFIG) $(ARGS)
+
+eval-adv: install ## AutoAttack into results.json: RUN=<run folder> or CONFIG=recipes/adv/configs/eval_<row>.yaml ARGS="checkpoint=PATH" (resumable; LAUNCH_ARGS="--num_processes N" shards it)
+	$(LAUNCH) $(LAUNCH_ARGS) recipes/adv/eval.py $(ADV_EVAL_SOURCE) $(ARGS)
+
+reproduce-adv: install ## Train + AutoAttack an adv config over seeds, then report: CONFIG=... SEEDS="0" (default CIFAR-10 WRN-34-10 IKL-AT) ARGS= (train) EVAL_ARGS= (eval)
+	@for seed in $(ADV_SEEDS); do \
+	  $(LAUNCH) $(LAUNCH_ARGS) recipes/adv/train.py --config $(ADV_CONFIG) seed=$$seed output_dir=$(ADV_RUNS)/seed$$seed resume=true $(ARGS) || exit 1; \
+	  $(LAUNCH) $(LAUNCH_ARGS) recipes/adv/eval.py run_dir=$(ADV_RUNS)/seed$$seed $(EVAL_ARGS) || exit 1; \
+	done
+	$(PY) -m dkl_train.report $(ADV_RUNS)
+
+demo-adv: install ## Adversarial part of the demo on digits: TRADES vs IKL-AT, each then AutoAttacked on 200 test images (CPU, minutes)
+	@# One thread per process: on a shared 2-core machine two OpenMP threads thrash.
+	@test -f $(DATA_DIR)/digits/dataset_dict.json || $(PY) -m dkl_train.data prepare --dataset digits --data-dir $(DATA_DIR)
+	rm -rf runs/demo/adv
+	@for method in trades ikl; do \
+	  $(LAUNCH) --cpu --num_cpu_threads_per_process 1 $(LAUNCH_ARGS) recipes/adv/train.py --config $(DEMO_ADV)/digits_$$method.yaml data_dir=$(DATA_DIR) $(ARGS) || exit 1; \
+	  $(LAUNCH) --cpu --num_cpu_threads_per_process 1 $(LAUNCH_ARGS) recipes/adv/eval.py run_dir=runs/demo/adv/$$method data_dir=$(DATA_DIR) subset=200 batch_size=200 $(EVAL_ARGS) || exit 1; \
+	done
+
+demo: demo-kd demo-ssl demo-adv ## Run every recipe on digits on this CPU and print the results side by side
 	@$(MAKE) --no-print-directory demo-table
 
 demo-table: ## Print the table of the demo runs (reads runs/demo/**/results.json)

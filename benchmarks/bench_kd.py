@@ -85,7 +85,7 @@ def cpu_benchmark(args) -> tuple[dict, list[list[str]]]:
 
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config(
-            BaseConfig, None, [f"output_dir={tmp}/run", f"batch_size={args.batch_size}", "log_every=1000"]
+            BaseConfig, None, [f"output_dir={tmp}/run", f"batch_size={args.batch_size}", "log_every=1000", "lr=1e-4"]
         )
         run = Run(config)
         accel_student, accel_optimizer = run.prepare(*fresh_student())
@@ -107,7 +107,7 @@ def cpu_benchmark(args) -> tuple[dict, list[list[str]]]:
             "ikl_bare_step": lambda: bare_step(*students["ikl_bare"], teacher, objectives["ikl_bare"], batch),
             "ikl_accelerate_step": accelerate_step,
         }
-        seconds = time_side_by_side(candidates, device, repeats=args.repeats, warmup=2)
+        seconds = time_side_by_side(candidates, device, repeats=args.repeats, warmup=1)
         run.accelerator.end_training()
 
     ikl_vs_kd = seconds["ikl_step"] / seconds["kd_step"]
@@ -139,7 +139,13 @@ def cuda_benchmark(args) -> tuple[dict, list[list[str]]]:
         config = load_config(
             BaseConfig,
             None,
-            [f"output_dir={tmp}/run", f"batch_size={args.batch_size}", "mixed_precision=bf16", "log_every=100000"],
+            [
+                f"output_dir={tmp}/run",
+                f"batch_size={args.batch_size}",
+                "mixed_precision=bf16",
+                "log_every=100000",
+                "lr=1e-3",
+            ],
         )
         run = Run(config)
         teacher = create_model("timm:resnet34", 1000).to(run.device).eval()
@@ -190,7 +196,7 @@ def cuda_benchmark(args) -> tuple[dict, list[list[str]]]:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="bench_kd", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=None, help="default: 64 on CPU, 128 on CUDA")
     parser.add_argument("--cuda-steps", type=int, default=10, help="steps per timed call on CUDA")
     args, _ = parser.parse_known_args(argv)

@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from dkl_recipe_adv.train import MODEL_FILES, AdvConfig
+from torch import nn
+
 from dkl_core.attacks import autoattack_evaluation
 from dkl_train.config import ConfigError, load_config, parse_config
 from dkl_train.data import TransformedDataset, build_transform, get_spec, load_prepared
 from dkl_train.results import git_revision, read_results, write_json_atomic
-from torch import nn
-
-from dkl_recipe_adv.train import MODEL_FILES, AdvConfig
 
 WEIGHT_LABELS = tuple(MODEL_FILES)
 

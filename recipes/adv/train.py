@@ -42,6 +42,7 @@ overfitting shows up while it happens. Robustness claims come from ``recipes/adv
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +51,9 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms import v2
+
 from dkl_core import ClassPrior, gkl_loss, ikl_loss, kl_loss
 from dkl_core.attacks import (
     AdversarialWeightPerturbation,
@@ -64,8 +68,6 @@ from dkl_train.averaging import ema_model, exponential_checkpoint_average, recom
 from dkl_train.config import BaseConfig, ConfigError, parse_config
 from dkl_train.data import TransformedDataset, build_datasets, build_transform
 from dkl_train.training import Run, build_optimizer, evaluate
-from torch import nn
-from torchvision.transforms import v2
 
 METHODS = ("ikl", "gkl", "trades", "pgd_at")
 RELEASED_BUDGETS = ("high_as_released", "high", "low")  # dkl_core.attacks.attack_schedule's names
@@ -173,7 +175,9 @@ def split_validation(train_set: TransformedDataset, size: int, seed: int = 0) ->
         raise ConfigError(f"robust_val_size={size} leaves no training images (the training set has {len(train_set)})")
     order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed)).tolist()
     keep, held = sorted(order[size:]), sorted(order[:size])
-    return TransformedDataset(train_set.data.select(keep), train_set.transform, train_set.seed), train_set.data.select(held)
+    return TransformedDataset(train_set.data.select(keep), train_set.transform, train_set.seed), train_set.data.select(
+        held
+    )
 
 
 def validation_tensors(held_out: Any, spec: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -293,6 +297,42 @@ def training_loss(
     return total, terms, natural_logits
 
 
+def step_loss(
+    config: AdvConfig,
+    model: nn.Module,
+    net: nn.Module,
+    batch: dict[str, torch.Tensor],
+    schedule: AttackSchedule,
+    prior: ClassPrior,
+    awp: AdversarialWeightPerturbation | None,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Everything of one training step before ``backward``: attack, AWP perturbation, loss, class-prior update.
+
+    ``model`` is what the optimiser trains (possibly DDP-wrapped), ``net`` the bare module sharing its
+    parameters (attacks and AWP run on it); ``awp`` is ``None`` before the AWP warm-up. The caller
+    runs backward and the optimiser step, then ``awp.restore()``.
+    """
+    images, labels = batch["image"], batch["label"]
+    halves = 1
+    if "image_aug" in batch:  # AutoAugment: both views are attacked and trained on
+        images, labels, halves = torch.cat([images, batch["image_aug"]]), torch.cat([labels, labels]), 2
+    uses_prior = config.method in ("ikl", "gkl")
+    with autocast():
+        adversarial = adversarial_images(config, net, images, labels, schedule, prior)
+    weights = prior.weights(labels) if uses_prior else None
+    if awp is not None:
+        with autocast():
+            direction = awp.compute(
+                lambda proxy: training_loss(config, proxy, images, adversarial, labels, weights, halves)[0]
+            )
+        awp.perturb(direction)
+    loss, terms, natural_logits = training_loss(config, model, images, adversarial, labels, weights, halves)
+    if uses_prior:
+        prior.update(natural_logits.detach().float(), labels)
+    return loss, terms
+
+
 # ----------------------------------------------------------------------------------------------
 # Weight averaging and AWP helpers
 
@@ -395,23 +435,9 @@ def train(config: AdvConfig) -> dict[str, Any]:
         awp_on = awp is not None and epoch + 1 >= config.awp_warmup_epochs
 
         def compute_loss(batch: dict[str, torch.Tensor], schedule: AttackSchedule = schedule, awp_on: bool = awp_on):
-            images, labels = batch["image"], batch["label"]
-            halves = 1
-            if "image_aug" in batch:
-                images, labels, halves = torch.cat([images, batch["image_aug"]]), torch.cat([labels, labels]), 2
-            with run.accelerator.autocast():
-                adversarial = adversarial_images(config, net, images, labels, schedule, prior)
-            weights = prior.weights(labels) if uses_prior else None
-            if awp_on:
-                with run.accelerator.autocast():
-                    direction = awp.compute(
-                        lambda proxy: training_loss(config, proxy, images, adversarial, labels, weights, halves)[0]
-                    )
-                awp.perturb(direction)
-            loss, terms, natural_logits = training_loss(config, model, images, adversarial, labels, weights, halves)
-            if uses_prior:
-                prior.update(natural_logits.detach().float(), labels)
-            return loss, terms
+            return step_loss(
+                config, model, net, batch, schedule, prior, awp if awp_on else None, run.accelerator.autocast
+            )
 
         def after_step() -> None:
             if awp is not None and awp.perturbed:
@@ -445,7 +471,10 @@ def robust_validation(
     result = robust_accuracy(
         model, images, labels, eps=config.eps, steps=config.robust_val_steps, batch_size=config.eval_batch_size
     )
-    return {"val_clean_top1": 100.0 * result.clean_accuracy, f"val_pgd{config.robust_val_steps}_top1": 100.0 * result.robust_accuracy}
+    return {
+        "val_clean_top1": 100.0 * result.clean_accuracy,
+        f"val_pgd{config.robust_val_steps}_top1": 100.0 * result.robust_accuracy,
+    }
 
 
 def finish_weights(

@@ -4,7 +4,10 @@ Every method trains two steps with every piece switched on (eps ramp, AWP from t
 class prior, checkpoint average, EMA, held-out PGD validation; AutoAugment views for one method).
 All four methods run inside one launch (this file is also the launched script: its ``__main__``
 calls the recipe's ``main`` per method) to pay the start-up once. Then ``eval.py`` runs AutoAttack
-on the ikl run's weights (raw, checkpoint average, EMA) and writes them into its ``results.json``.
+on the ikl run's weights (raw, checkpoint average, EMA) and writes them into its ``results.json``;
+it is launched through this file too, with pyautoattack's iteration and query budgets cut down
+(standard AutoAttack costs about 8,000 forward passes per chunk that stays robust, minutes on a CPU
+even for a tiny model); everything else is ``eval.py`` itself.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def test_every_method_trains_two_steps(method, smoke_runs):
 def test_autoattack_eval_writes_results(smoke_runs, digits_dir, launch):
     run_dir = smoke_runs / "ikl"
     args = [f"run_dir={run_dir}", f"data_dir={digits_dir}", "subset=20", "batch_size=10"]
-    launch("recipes/adv/eval.py", *args)
+    launch(__file__, "--eval-small-budget", *args)
     results = json.loads((run_dir / "results.json").read_text())
     attack = results["autoattack"]
     assert attack["primary"] == "checkpoint_average" and set(attack["weights"]) == {"raw", "checkpoint_average", "ema"}
@@ -70,12 +73,35 @@ def test_autoattack_eval_writes_results(smoke_runs, digits_dir, launch):
     assert results["final"]["top1"] >= 0  # training's results are kept
     # Resumable: the progress files exist, and a second run reads them instead of attacking again.
     assert (run_dir / "autoattack" / "raw.pt").is_file()
-    again = launch("recipes/adv/eval.py", *args, "weights=[raw]")
-    assert json.loads((run_dir / "results.json").read_text())["autoattack"]["weights"]["raw"] == attack["weights"]["raw"]
+    again = launch(__file__, "--eval-small-budget", *args, "weights=[raw]")
+    assert (
+        json.loads((run_dir / "results.json").read_text())["autoattack"]["weights"]["raw"] == attack["weights"]["raw"]
+    )
     assert "robust" in again.stdout
 
 
-if __name__ == "__main__":  # launched by the fixture above: every method in one process
+def small_autoattack_budgets() -> None:
+    """Shrink every attack of pyautoattack's standard version (same attacks, same cascade, far fewer iterations)."""
+    import pyautoattack
+
+    original = pyautoattack.AutoAttack.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.apgd.n_iter = self.apgd_targeted.n_iter = self.fab.n_iter = 3
+        self.apgd.n_restarts = self.fab.n_restarts = 1
+        self.apgd_targeted.n_target_classes = self.fab.n_target_classes = 2
+        self.square.n_queries = 20
+
+    pyautoattack.AutoAttack.__init__ = init
+
+
+if __name__ == "__main__" and sys.argv[1] == "--eval-small-budget":  # launched by the eval test
+    from dkl_recipe_adv.eval import main as evaluate_main
+
+    small_autoattack_budgets()
+    evaluate_main(sys.argv[2:])
+elif __name__ == "__main__":  # launched by the smoke fixture: every method in one process
     from dkl_recipe_adv.train import main
 
     root, methods, overrides = Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3:]

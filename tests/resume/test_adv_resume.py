@@ -36,7 +36,17 @@ def test_resumed_run_equals_uninterrupted(digits_dir, launch, tmp_path):  # noqa
     assert "resumed from" in out and "epoch 1, step 2" in out
 
     a, b = (json.loads((d / "results.json").read_text()) for d in (straight, resumed))
-    keys = ["step_losses", "train_loss", "ce", "ikl", "attack_eps", "val_clean_top1", "val_pgd2_top1", "test_top1", "test_loss"]
+    keys = [
+        "step_losses",
+        "train_loss",
+        "ce",
+        "ikl",
+        "attack_eps",
+        "val_clean_top1",
+        "val_pgd2_top1",
+        "test_top1",
+        "test_loss",
+    ]
     assert [[h[k] for k in keys] for h in a["history"]] == [[h[k] for k in keys] for h in b["history"]]
     assert a["history"][0]["attack_eps"] == pytest.approx(0.05) and a["history"][1]["attack_eps"] == pytest.approx(0.1)
     assert a["final"] == b["final"] and a["averaged"] == b["averaged"] and a["global_steps"] == b["global_steps"] == 4

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from dkl_recipe_adv.eval import EvalConfig, load_model
+
 from dkl_train.config import ConfigError, build_config
 from dkl_train.models import CheckpointMismatchError
-
 from tests.unit.test_models_published import dm_wrn, random_state_dict, trades_wrn
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from dkl_core import ClassPrior, ikl_loss, kl_loss
-from dkl_core.attacks import inner_maximization
 from dkl_recipe_adv.train import (
     AdvConfig,
     CheckpointAverage,
@@ -16,9 +14,12 @@ from dkl_recipe_adv.train import (
     robust_loss,
     training_loss,
 )
+from torch import nn
+
+from dkl_core import ClassPrior, ikl_loss, kl_loss
+from dkl_core.attacks import inner_maximization
 from dkl_train.averaging import exponential_checkpoint_average
 from dkl_train.config import ConfigError, build_config
-from torch import nn
 
 EPS = 8 / 255
 
@@ -40,7 +41,9 @@ def test_intended_high_budget_steps_up_by_quarter():
     table = schedule_table("high")
     steps = [s for s, _, _ in table]
     # 1-based epochs 1-50: 2 steps of eps_t; 51-100: 3 of 2 eps_t / 3; 101-150: 4 of eps_t / 2; 151-200: 5 of eps_t / 2.
-    assert steps[:50] == [2] * 50 and steps[50:100] == [3] * 50 and steps[100:150] == [4] * 50 and steps[150:] == [5] * 50
+    assert (
+        steps[:50] == [2] * 50 and steps[50:100] == [3] * 50 and steps[100:150] == [4] * 50 and steps[150:] == [5] * 50
+    )
     ratios = [r for _, r, _ in table]
     assert ratios[0] == pytest.approx(1.0) and ratios[60] == pytest.approx(2 / 3) and ratios[120] == pytest.approx(0.5)
     # The quarters scale with the run: a 20-epoch run switches after epochs 5, 10 and 15.
@@ -139,3 +142,25 @@ def test_config_rejects_inconsistent_settings():
         build_config(AdvConfig, {"awp": True, "gradient_accumulation_steps": 2})
     with pytest.raises(ConfigError, match="unknown config key"):
         build_config(AdvConfig, {"mse_wieght": 1.0})
+
+
+def test_every_config_loads_and_states_its_target():
+    from pathlib import Path
+
+    from dkl_recipe_adv.eval import EvalConfig
+
+    from dkl_train.config import load_config
+
+    configs = sorted((Path(__file__).parents[2] / "recipes" / "adv" / "configs").glob("*.yaml"))
+    assert len(configs) >= 12
+    for path in configs:
+        text = path.read_text()
+        assert text.startswith("# ") and "# Reproduces:" in text and "# Run:" in text, path.name
+        if path.name.startswith("eval_"):
+            config = load_config(EvalConfig, path, ["checkpoint=x.pt"])
+        else:
+            config = load_config(AdvConfig, path)
+        assert hasattr(config, "paper_autoattack"), path.name
+    default = load_config(AdvConfig, configs[0].parent / "cifar10_wrn34_ikl.yaml")
+    assert (default.paper_clean, default.paper_autoattack) == (85.31, 57.13)
+    assert (default.ce_weight, default.mse_weight, default.prior_temperature) == (3.0, 20.0, 4.0)

@@ -1,7 +1,8 @@
 """AutoAttack wrapper: equals pyautoattack in eval mode, AA <= PGD <= clean, eval/float32 forced, resume, bad input.
 
 AutoAttack is slow on a CPU (FAB-T and Square loop in Python), so the comparisons use at most 48
-digits and a radius at which a few samples survive every attack; the other tests run a custom
+digits: at L-inf 0.1 a few samples survive every attack (all four run, ~30 s); at L2 0.55 the last
+survivors fall to APGD-T (FAB-T and Square have nothing left to do). The other tests run a custom
 attack set (APGD-CE, APGD-T), which exercises the same chunking and bookkeeping in seconds.
 """
 
@@ -36,7 +37,7 @@ def direct(model, x, y, eps, norm):
     return y_adv == y
 
 
-@pytest.mark.parametrize("norm,eps,n", [("Linf", 0.1, 48), ("L2", 0.5, 32)])
+@pytest.mark.parametrize("norm,eps,n", [("Linf", 0.1, 48), ("L2", 0.55, 32)])
 def test_standard_version_equals_pyautoattack_and_is_stronger_than_pgd(digits, norm, eps, n):
     model, x, y = digits
     x, y = x[:n], y[:n]

@@ -60,6 +60,10 @@ def test_high_as_released_and_low(epoch):
     assert (low.steps, low.step_size) == (2, pytest.approx(eps_t))
 
 
+def test_default_budget_is_the_released_run():
+    assert attack_schedule(10, 200) == attack_schedule(10, 200, budget="high_as_released")
+
+
 def test_no_ramp_and_bad_budget():
     assert attack_schedule(1, 200, budget="low", ramp=False) == AttackSchedule(EPS, EPS, 2)
     with pytest.raises(ValueError, match="budget"):
@@ -79,7 +83,10 @@ def batch():
 def test_kl_inner_max_is_pgd_with_kl_loss_and_the_schedule():
     model, (x, y) = small_model(), batch()
     model.train()
-    schedule = attack_schedule(120, 200, budget="high")
+    schedule = attack_schedule(
+        120,
+        200,
+    )  # the default budget: high, as released
     a = inner_maximization(model, x, y, epoch=120, epochs=200, generator=torch.Generator().manual_seed(3))
     b = pgd(
         model, x, y, eps=schedule.eps, step_size=schedule.step_size, steps=schedule.steps, loss="kl",

@@ -6,7 +6,7 @@ from importlib.metadata import requires
 
 from packaging.requirements import Requirement
 
-BLOCKED = ["accelerate", "datasets", "timm", "torchvision", "tensorboard", "yaml", "tqdm", "sklearn", "autoattack"]
+BLOCKED = ["accelerate", "datasets", "timm", "torchvision", "tensorboard", "yaml", "tqdm", "sklearn", "autoattack", "pyautoattack"]
 
 SCRIPT = f"""
 import importlib.abc, sys
@@ -17,7 +17,7 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError(f"{{name}} is blocked: dkl-core must not need it")
 sys.meta_path.insert(0, Block())
 import torch, dkl_core
-import dkl_core.losses, dkl_core.prior
+import dkl_core.losses, dkl_core.prior, dkl_core.attacks
 s, t = torch.randn(4, 10, requires_grad=True), torch.randn(4, 10)
 prior = dkl_core.ClassPrior(10)
 prior.update(t, torch.arange(4))
