@@ -71,6 +71,7 @@ train-kd: install ## One KD run: CONFIG=recipes/kd/configs/<file>.yaml ARGS="key
 	$(LAUNCH) $(LAUNCH_ARGS) recipes/kd/train.py --config $(KD_CONFIG) $(ARGS)
 
 reproduce-kd: install ## Train + eval a KD config over seeds, then report mean Â± std vs the paper: CONFIG=... SEEDS="0 1 2" (default resnet32x4 -> resnet8x4 IKL)
+	@$(PY) recipes/kd/train.py --check --config $(KD_CONFIG) $(ARGS)
 	@for seed in $(KD_SEEDS); do \
 	  $(LAUNCH) $(LAUNCH_ARGS) recipes/kd/train.py --config $(KD_CONFIG) seed=$$seed output_dir=$(KD_RUNS)/seed$$seed resume=true $(ARGS) || exit 1; \
 	  $(LAUNCH) $(LAUNCH_ARGS) recipes/kd/eval.py --config $(KD_CONFIG) seed=$$seed output_dir=$(KD_RUNS)/seed$$seed $(ARGS) || exit 1; \
@@ -80,10 +81,10 @@ reproduce-kd: install ## Train + eval a KD config over seeds, then report mean Â
 demo-kd: install ## KD part of the demo on digits: teacher (ce), student alone, KD and IKL students (CPU, minutes)
 	@test -f $(DATA_DIR)/digits/dataset_dict.json || $(PY) -m dkl_train.data prepare --dataset digits --data-dir $(DATA_DIR)
 	rm -rf runs/demo/kd
-	$(LAUNCH) --cpu $(LAUNCH_ARGS) recipes/kd/train.py --config $(DEMO_KD)/digits_teacher_resnet20_ce.yaml data_dir=$(DATA_DIR) $(ARGS)
+	$(LAUNCH) --cpu $(LAUNCH_ARGS) recipes/kd/train.py --config $(DEMO_KD)/digits_teacher_resnet14_ce.yaml data_dir=$(DATA_DIR) $(ARGS)
 	$(LAUNCH) --cpu $(LAUNCH_ARGS) recipes/kd/train.py --config $(DEMO_KD)/digits_student_resnet8_ce.yaml data_dir=$(DATA_DIR) $(ARGS)
-	$(LAUNCH) --cpu $(LAUNCH_ARGS) recipes/kd/train.py --config $(DEMO_KD)/digits_resnet20_resnet8_kd.yaml data_dir=$(DATA_DIR) $(ARGS)
-	$(LAUNCH) --cpu $(LAUNCH_ARGS) recipes/kd/train.py --config $(DEMO_KD)/digits_resnet20_resnet8_ikl.yaml data_dir=$(DATA_DIR) $(ARGS)
+	$(LAUNCH) --cpu $(LAUNCH_ARGS) recipes/kd/train.py --config $(DEMO_KD)/digits_resnet14_resnet8_kd.yaml data_dir=$(DATA_DIR) $(ARGS)
+	$(LAUNCH) --cpu $(LAUNCH_ARGS) recipes/kd/train.py --config $(DEMO_KD)/digits_resnet14_resnet8_ikl.yaml data_dir=$(DATA_DIR) $(ARGS)
 
 # --- the semi-supervised recipe (recipes/ssl) --------------------------------------------------
 SSL_CONFIG := $(or $(CONFIG),recipes/ssl/configs/cifar100_200_fixmatch_ikl.yaml)

@@ -19,6 +19,7 @@ over processes at the end of each epoch, used during the next one and saved in e
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +31,7 @@ from torch import nn
 
 from dkl_core import ClassPrior, dkd_loss, gkl_loss, ikl_loss, kl_loss
 from dkl_train.config import BaseConfig, ConfigError, parse_config
-from dkl_train.data import build_datasets
+from dkl_train.data import build_datasets, load_prepared
 from dkl_train.training import Run, build_optimizer, evaluate
 
 METHODS = ("ce", "kd", "dkd", "ikl", "gkl")
@@ -163,7 +164,7 @@ def check_teacher_file(config: KDConfig) -> None:
         f"teacher checkpoint {config.teacher_checkpoint} not found. The CIFAR-100 teachers are mdistiller's: "
         f"download {TEACHER_TARBALL} and unpack it with `mkdir -p data/teachers && tar xf cifar_teachers.tar "
         f"-C data/teachers` (gives data/teachers/cifar_teachers/<name>_vanilla/ckpt_epoch_240.pth). A digits "
-        f"teacher comes from recipes/kd/configs/digits_teacher_resnet20_ce.yaml (its model.pth)."
+        f"teacher comes from recipes/kd/configs/digits_teacher_resnet14_ce.yaml (its model.pth)."
     )
 
 
@@ -239,10 +240,27 @@ def train(config: KDConfig) -> dict[str, Any]:
     return run.finish(extra=extra)
 
 
+def check_inputs(config: KDConfig) -> None:
+    """The files a run needs exist: the teacher checkpoint and the prepared dataset (each error says what to do)."""
+    check_teacher_file(config)
+    load_prepared(config.dataset, config.data_dir)
+
+
 def main(argv: list[str] | None = None) -> None:
-    config = parse_config(KDConfig, argv, description=__doc__.splitlines()[0])
+    """``train.py --config FILE [key=value ...]``; with ``--check``, only verify the inputs (no training).
+
+    ``make reproduce-kd`` runs ``--check`` first, without ``accelerate launch``, so that a missing
+    teacher or dataset is reported as one clear message rather than under the launcher's traceback.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    check_only = "--check" in argv
+    config = parse_config(KDConfig, [a for a in argv if a != "--check"], description=__doc__.splitlines()[0])
     try:
-        train(config)
+        if check_only:
+            check_inputs(config)
+            print(f"inputs of {config.output_dir} are in place")
+        else:
+            train(config)
     except (TeacherError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
 

@@ -9,7 +9,7 @@ import torch
 
 from tests.recipes.conftest import digits_dir, digits_teacher, launch  # noqa: F401  (shared fixtures)
 
-ARGS = ["--config", "recipes/kd/configs/digits_resnet20_resnet8_ikl.yaml", "student=resnet8", "teacher=resnet8",
+ARGS = ["--config", "recipes/kd/configs/digits_resnet14_resnet8_ikl.yaml", "student=resnet8", "teacher=resnet8",
         "epochs=2", "max_steps_per_epoch=3", "batch_size=16", "eval_subset=50", "eval_batch_size=16",
         "num_workers=0", "warmup_epochs=2", "log_step_losses=true", "lr=0.02"]  # fmt: skip
 

@@ -25,7 +25,7 @@ def smoke_runs(digits_dir, digits_teacher, tmp_path_factory):
     run_launch(
         launch_command(
             "tests/recipes/_kd_methods.py", root, ",".join(METHODS),
-            "--config", "recipes/kd/configs/digits_resnet20_resnet8_ikl.yaml", f"data_dir={digits_dir}",
+            "--config", "recipes/kd/configs/digits_resnet14_resnet8_ikl.yaml", f"data_dir={digits_dir}",
             f"teacher_checkpoint={digits_teacher}", "num_workers=2", "use_prior=true", "gamma=0.5", *TINY,
         )
     )  # fmt: skip

@@ -67,7 +67,8 @@ def test_missing_dataset_gives_the_make_command(tmp_path, digits_teacher):
 
 def test_missing_teacher_says_where_to_get_it(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        main(["--config", "recipes/kd/configs/cifar100_resnet32x4_resnet8x4_ikl.yaml",
+        # --check is what `make reproduce-kd` runs first, outside `accelerate launch`.
+        main(["--check", "--config", "recipes/kd/configs/cifar100_resnet32x4_resnet8x4_ikl.yaml",
               f"teacher_checkpoint={tmp_path}/none.pth"])  # fmt: skip
     message = str(exit_info.value)
     assert (
@@ -77,7 +78,7 @@ def test_missing_teacher_says_where_to_get_it(tmp_path):
 
 def test_unknown_key_lists_valid_ones(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["--config", "recipes/kd/configs/digits_resnet20_resnet8_ikl.yaml", "temprature=2"])
+        main(["--config", "recipes/kd/configs/digits_resnet14_resnet8_ikl.yaml", "temprature=2"])
     err = capsys.readouterr().err
     assert (
         exit_info.value.code == 2 and "unknown config key 'temprature'" in err and "Did you mean 'temperature'" in err

@@ -10,7 +10,7 @@ import torch
 from tests.recipes.conftest import digits_dir, digits_teacher, launch  # noqa: F401  (shared fixtures)
 
 # IKL with the class prior, augmentation and a cosine schedule: every piece of state a resume must restore.
-ARGS = ["--config", "recipes/kd/configs/digits_resnet20_resnet8_ikl.yaml", "student=resnet8", "teacher=resnet8",
+ARGS = ["--config", "recipes/kd/configs/digits_resnet14_resnet8_ikl.yaml", "student=resnet8", "teacher=resnet8",
         "epochs=2", "max_steps_per_epoch=3", "batch_size=16", "eval_subset=48", "eval_batch_size=48",
         "num_workers=0", "warmup_epochs=2", "log_step_losses=true", "deterministic=true"]  # fmt: skip
 
