@@ -15,7 +15,8 @@ models were made, ``model_avg.pth``) and ``ema`` (``model_ema.pth``). Each one p
 and reported under its own label; the headline ``autoattack.clean`` / ``autoattack.robust`` are those
 of ``autoattack.primary`` (the checkpoint average when it exists, else the raw weights).
 
-Results go into ``<run>/results.json`` under ``autoattack`` (accuracies in %, like ``final.top1``)::
+Results go into ``<run>/results.json`` under ``autoattack`` (accuracies in %, like ``final.top1``; the
+primary clean/robust pair is also copied to ``final.autoattack_clean`` / ``final.autoattack_robust``)::
 
     "autoattack": {"primary": "checkpoint_average", "clean": 85.3, "robust": 57.1,
                    "per_attack": {"apgd-ce": ..., "apgd-t": ..., "fab-t": ..., "square": ...},
@@ -209,6 +210,8 @@ def write_results(out_dir: Path, entry: dict[str, Any], config: EvalConfig) -> N
     if not payload:
         payload = {"checkpoint": config.checkpoint, "model": config.model, "dataset": config.dataset}
     payload["autoattack"] = entry
+    # Also next to the clean top-1 in `final`, where the report and the demo table look for final metrics.
+    payload.setdefault("final", {}).update(autoattack_clean=entry["clean"], autoattack_robust=entry["robust"])
     payload.setdefault("git_revision", git_revision())
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(payload, results_path)
