@@ -138,7 +138,7 @@ demo-adv: install ## Adversarial part of the demo on digits: TRADES vs IKL-AT, e
 	rm -rf runs/demo/adv
 	@for method in trades ikl; do \
 	  $(LAUNCH) --cpu --num_cpu_threads_per_process 1 $(LAUNCH_ARGS) recipes/adv/train.py --config $(DEMO_ADV)/digits_$$method.yaml data_dir=$(DATA_DIR) $(ARGS) || exit 1; \
-	  $(LAUNCH) --cpu --num_cpu_threads_per_process 1 $(LAUNCH_ARGS) recipes/adv/eval.py run_dir=runs/demo/adv/$$method data_dir=$(DATA_DIR) subset=200 batch_size=200 $(EVAL_ARGS) || exit 1; \
+	  $(LAUNCH) --cpu --num_cpu_threads_per_process 1 $(LAUNCH_ARGS) recipes/adv/eval.py run_dir=runs/demo/adv/$$method data_dir=$(DATA_DIR) subset=200 batch_size=200 'weights=[checkpoint_average]' $(EVAL_ARGS) || exit 1; \
 	done
 
 demo: demo-kd demo-ssl demo-adv ## Run every recipe on digits on this CPU and print the results side by side

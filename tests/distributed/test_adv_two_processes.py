@@ -32,7 +32,8 @@ def test_two_processes_equal_one(digits_dir, launch, tmp_path):  # noqa: F811
     curve_one = [x for h in one["history"] for x in h["step_losses"]]
     curve_two = [x for h in two["history"] for x in h["step_losses"]]
     assert len(curve_one) == len(curve_two) == 4
-    # Equal up to float summation order (all-reduce of gradients and of the AWP proxy's gradients).
+    # Equal up to float summation order (all-reduce of gradients and of the AWP proxy's gradients); AdamW
+    # divides by sqrt(v), which magnifies last-bit differences of tiny gradients in the weights a little.
     assert torch.allclose(torch.tensor(curve_one), torch.tensor(curve_two), rtol=1e-4)
     for key in ("val_clean_top1", "val_pgd2_top1", "test_top1"):
         assert [h[key] for h in one["history"]] == [h[key] for h in two["history"]], key
@@ -45,4 +46,4 @@ def test_two_processes_equal_one(digits_dir, launch, tmp_path):  # noqa: F811
     for name in ("model.pth", "model_avg.pth"):
         w1, w2 = (torch.load(tmp_path / d / name)["model"] for d in ("one", "two"))
         for key, value in w1.items():
-            assert torch.allclose(value, w2[key], rtol=1e-4, atol=1e-6), (name, key)
+            assert torch.allclose(value, w2[key], rtol=1e-3, atol=1e-4), (name, key)
