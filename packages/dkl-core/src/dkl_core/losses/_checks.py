@@ -40,7 +40,7 @@ def check_weights(weights: torch.Tensor, logits: torch.Tensor) -> None:
         )
     # The range check reads a value back to the host: free on CPU, a pipeline stall on an accelerator,
     # where (as in PyTorch's own kernels) only the shape is checked.
-    if weights.device.type == "cpu" and weights.numel() and float(weights.min()) < 0:
+    if weights.device.type == "cpu" and weights.numel() and float(weights.detach().min()) < 0:
         raise ValueError("weights must be non-negative (they are class probabilities), found negative entries")
 
 
