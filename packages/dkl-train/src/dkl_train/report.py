@@ -25,6 +25,7 @@ from typing import Any
 RUN_SPECIFIC_KEYS = {
     "seed", "output_dir", "resume", "data_dir", "num_workers", "notes", "checkpoint_every",
     "keep_checkpoints", "log_every", "eval_every", "teacher_checkpoint", "init_checkpoint",
+    "stop_after_epochs", "log_step_losses", "evaluate_teacher",
 }  # fmt: skip
 # Which measured metric a paper number is compared with (the first one present wins).
 PAPER_TARGETS = {
