@@ -143,6 +143,7 @@ demo-adv: install ## Adversarial part of the demo on digits: TRADES vs IKL-AT, e
 	done
 
 demo: demo-kd demo-ssl demo-adv ## Run every recipe on digits on this CPU and print the results side by side
+	@$(PY) -m dkl_train.report runs/demo
 	@$(MAKE) --no-print-directory demo-table
 
 demo-table: ## Print the table of the demo runs (reads runs/demo/**/results.json)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 # Final metrics shown in their own column when present (robust accuracy of the adv recipe).
-EXTRA_METRICS = ("autoattack_robust", "robust_top1", "pgd_robust")
+EXTRA_METRICS = ("autoattack_clean", "autoattack_robust", "robust_top1", "pgd_robust")
 
 
 def _fmt(value: Any) -> str:
@@ -39,7 +39,10 @@ def rows(runs_dir: str | Path) -> list[list[str]]:
         config = result.get("config", {})
         final = result.get("final", {})
         best = result.get("best", {}).get("top1", {})
-        extra = next(((k, final[k]) for k in EXTRA_METRICS if k in final), None)
+        extras = [f"{k} {_fmt(final[k])}" for k in EXTRA_METRICS if k in final]
+        method = str(config.get("method", ""))
+        if config.get("consistency") == "ikl":  # the SSL recipe names the loss separately from the method
+            method += "-ikl"
         relative = path.parent.relative_to(runs_dir)
         recipe = relative.parts[0] if len(relative.parts) > 1 else ""
         table.append(
@@ -47,10 +50,10 @@ def rows(runs_dir: str | Path) -> list[list[str]]:
                 recipe,
                 relative.name,
                 describe(config),
-                str(config.get("method", "")),
+                method,
                 _fmt(final.get("top1")),
                 _fmt(best.get("value") if isinstance(best, dict) else None),
-                f"{extra[0]} {_fmt(extra[1])}" if extra else "",
+                ", ".join(extras),
                 f"{result.get('wall_clock_s', 0):.0f} s",
             ]
         )
