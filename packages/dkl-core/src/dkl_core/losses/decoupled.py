@@ -65,6 +65,16 @@ def dkl_loss(
     return reduce(per_sample, reduction)
 
 
+def _power(weights: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``weights ** gamma`` (``0 ** 0 = 1``); without autograd, ``exp(gamma * log w)`` is about twice as fast
+    as ``pow`` with a real exponent on CPU, and keeps ``w = 0`` at 0."""
+    if gamma == 0.0:
+        return torch.ones_like(weights)
+    if weights.requires_grad:
+        return weights.pow(gamma)
+    return torch.log(weights).mul_(gamma).exp_()
+
+
 def _ikl_family(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -94,7 +104,7 @@ def _ikl_family(
     if detach_weights:
         class_weights = class_weights.detach()
     if gamma is not None and gamma != 1.0:
-        class_weights = class_weights.pow(gamma)
+        class_weights = _power(class_weights, gamma)
     per_sample = DecoupledTerms.apply(
         student, teacher, class_weights, mse_weight, ce_weight, temperature, True, gamma is not None
     )
