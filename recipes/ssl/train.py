@@ -62,9 +62,8 @@ from dkl_train.data import (
     DatasetSpec,
     TransformedDataset,
     build_transform,
-    get_spec,
     labeled_subset_indices,
-    load_prepared,
+    load_splits,
     sample_seed,
 )
 from dkl_train.training import Run, evaluate, set_learning_rate
@@ -283,13 +282,7 @@ class SSLData:
 
 def build_data(config: SSLConfig) -> SSLData:
     """Load the prepared dataset and build the labeled, unlabeled, validation and test sets with their views."""
-    spec = get_spec(config.dataset)
-    splits = load_prepared(config.dataset, config.data_dir)
-    train, test = splits["train"], splits["test"]
-    if config.train_subset:
-        train = train.select(range(min(config.train_subset, len(train))))
-    if config.eval_subset:
-        test = test.select(range(min(config.eval_subset, len(test))))
+    train, test, spec = load_splits(config)
     split = split_indices(list(train["label"]), config.labels_per_class, config.val_per_class, config.seed)
     evaluation = build_transform(spec, train=False)
     if config.augment:

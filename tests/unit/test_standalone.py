@@ -6,7 +6,18 @@ from importlib.metadata import requires
 
 from packaging.requirements import Requirement
 
-BLOCKED = ["accelerate", "datasets", "timm", "torchvision", "tensorboard", "yaml", "tqdm", "sklearn", "autoattack", "pyautoattack"]
+BLOCKED = [
+    "accelerate",
+    "datasets",
+    "timm",
+    "torchvision",
+    "tensorboard",
+    "yaml",
+    "tqdm",
+    "sklearn",
+    "autoattack",
+    "pyautoattack",
+]
 
 SCRIPT = f"""
 import importlib.abc, sys

@@ -331,6 +331,18 @@ def make_loader(
     )
 
 
+def load_splits(config: Any) -> tuple[Any, Any, DatasetSpec]:
+    """The prepared train and test splits of ``config.dataset`` (cut to ``train_subset``/``eval_subset``)."""
+    spec = get_spec(config.dataset)
+    splits = load_prepared(config.dataset, config.data_dir)
+    train, test = splits["train"], splits["test"]
+    if config.train_subset:
+        train = train.select(range(min(config.train_subset, len(train))))
+    if config.eval_subset:
+        test = test.select(range(min(config.eval_subset, len(test))))
+    return train, test, spec
+
+
 def build_datasets(
     config: Any,
     *,
@@ -343,13 +355,7 @@ def build_datasets(
     Reads ``dataset``, ``data_dir``, ``seed``, ``augment``, ``train_subset`` and ``eval_subset`` from the
     config (a :class:`~dkl_train.config.BaseConfig`). Pass your own transforms to replace the defaults.
     """
-    spec = get_spec(config.dataset)
-    splits = load_prepared(config.dataset, config.data_dir)
-    train, test = splits["train"], splits["test"]
-    if config.train_subset:
-        train = train.select(range(min(config.train_subset, len(train))))
-    if config.eval_subset:
-        test = test.select(range(min(config.eval_subset, len(test))))
+    train, test, spec = load_splits(config)
     train_tf = train_transform or build_transform(spec, train=True, augment=config.augment, normalize=normalize)
     test_tf = test_transform or build_transform(spec, train=False, normalize=normalize)
     return TransformedDataset(train, train_tf, seed=config.seed), TransformedDataset(test, test_tf), spec
