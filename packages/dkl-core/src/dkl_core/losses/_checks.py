@@ -82,7 +82,4 @@ def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """float32, or float64 when an input is float64: half precision never reaches the sums."""
-    dtype = torch.float32
-    for tensor in tensors:
-        dtype = torch.promote_types(dtype, tensor.dtype)
-    return dtype
+    return torch.float64 if any(tensor.dtype == torch.float64 for tensor in tensors) else torch.float32

@@ -16,6 +16,11 @@ out in closed form, which saves most of the autograd graph that the forward woul
 - d wMSE / d w_j = (W e_j^2 + sum_k w_k e_k^2) / 2,
 - d sCE / d s_j = (softmax(s/T)_j - softmax(t/T)_j) / T, and nothing for ``t`` (its softmax is a
   stop-gradient target).
+
+At the sizes of a classification head every op costs mostly its dispatch (a kernel launch on a GPU, a
+few microseconds of framework overhead on a CPU), so the code below counts ops: the batch reduction
+happens inside the Function, constants are folded into Python floats, and in-place updates reuse
+``[B, C]`` buffers.
 """
 
 from __future__ import annotations
@@ -24,16 +29,17 @@ import torch
 import torch.nn.functional as F
 
 
-def vecdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise dot product ``[B, C] x [B, C] -> [B, 1]`` without a ``[B, C]`` temporary."""
-    return torch.linalg.vecdot(a, b, dim=1).unsqueeze(1)
+def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot product ``[B, C] x [B, C] -> [B, 1]``."""
+    return (a * b).sum(dim=1, keepdim=True)
 
 
 class DecoupledTerms(torch.autograd.Function):
-    """Per-sample ``mse_scale * wMSE + ce_weight * sCE`` with closed-form gradients.
+    """``mse_weight * wMSE + ce_weight * sCE`` per sample, reduced over the batch, with closed-form gradients.
 
-    ``mse_scale`` is ``mse_weight``, divided by the batch mean of ``W_b^2`` when ``normalize_mass``
-    (GKL). ``mse_on_student=False`` stops the wMSE gradient into the student (DKL's ``S(s)``).
+    ``normalize_mass`` (GKL) divides the wMSE term by the batch mean of ``W_b^2``.
+    ``mse_on_student=False`` stops the wMSE gradient into the student (DKL's ``S(s)``).
+    ``reduction`` is ``"mean"``, ``"sum"`` or ``"none"`` (a ``[B]`` vector).
     """
 
     @staticmethod
@@ -47,51 +53,71 @@ class DecoupledTerms(torch.autograd.Function):
         temperature: float,
         mse_on_student: bool,
         normalize_mass: bool,
+        reduction: str,
     ) -> torch.Tensor:
-        # In-place updates and vecdot keep the number of [B, C] temporaries at the minimum: on CPU each
-        # fresh temporary of that size costs about as much as the arithmetic done on it.
         diff = teacher - student
         mass = weights.sum(dim=1, keepdim=True)
         # A row of all-zero weights has wMSE = 0; clamping keeps its weighted mean finite.
-        weighted_mean = vecdot(weights, diff) / mass.clamp_min(torch.finfo(mass.dtype).tiny)
-        centred = diff.sub_(weighted_mean)
+        centred = diff.sub_(row_dot(weights, diff).div_(mass.clamp_min(torch.finfo(mass.dtype).tiny)))
         weighted = weights * centred
-        spread = vecdot(weighted, centred)
-        mse = 0.5 * mass * spread
-        mass_norm = (mass * mass).mean() if normalize_mass else None
-        mse_scale = mse_weight / mass_norm if normalize_mass else mse_weight
+        spread = row_dot(weighted, centred)
+        twice_mse = mass * spread
 
         if temperature != 1.0:
             student, teacher = student / temperature, teacher / temperature
         log_q = F.log_softmax(student, dim=1)
         p = F.softmax(teacher, dim=1)
-        neg_ce = vecdot(p, log_q)
+        # per sample: mse_weight * wMSE (/ mean_b W_b^2 for GKL) - ce_weight * sum_j p_j log q_j
+        per_sample = row_dot(p, log_q).mul_(-ce_weight)
+        mse_scale = 0.5 * mse_weight
+        if normalize_mass:
+            mass_sq_sum = (mass * mass).sum()
+            per_sample.addcdiv_(twice_mse, mass_sq_sum, value=mse_scale * mass.shape[0])
+        else:
+            mass_sq_sum = None
+            per_sample.add_(twice_mse, alpha=mse_scale)
 
         need_weights = ctx.needs_input_grad[2]
-        ctx.save_for_backward(weighted, centred if need_weights else None, mass, spread, mse, log_q, p, mass_norm)
-        ctx.options = (mse_weight, ce_weight, temperature, mse_on_student, normalize_mass)
-        ctx.mse_scale = mse_scale
-        return (mse_scale * mse).sub_(neg_ce, alpha=ce_weight).squeeze(1)
+        ctx.save_for_backward(
+            weighted, centred if need_weights else None, mass, spread, log_q, p,
+            twice_mse if need_weights and normalize_mass else None, mass_sq_sum,
+        )  # fmt: skip
+        ctx.options = (ce_weight / temperature, mse_scale, mse_on_student, reduction)
+        if reduction == "mean":
+            return per_sample.mean()
+        if reduction == "sum":
+            return per_sample.sum()
+        return per_sample.squeeze(1)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor):
-        weighted, centred, mass, spread, mse, log_q, p, mass_norm = ctx.saved_tensors
-        mse_weight, ce_weight, temperature, mse_on_student, normalize_mass = ctx.options
-        g = grad_out.unsqueeze(1)
-        g_mse = g * ctx.mse_scale * mass
+        weighted, centred, mass, spread, log_q, p, twice_mse, mass_sq_sum = ctx.saved_tensors
+        ce_over_t, mse_scale, mse_on_student, reduction = ctx.options
+        batch = mass.shape[0]
+        # The upstream gradient per sample is g = grad_out * per_sample_factor (a 0-dim tensor when reduced);
+        # the constants are folded into one multiplication per term.
+        g = grad_out.unsqueeze(1) if reduction == "none" else grad_out
+        per_sample_factor = 1.0 / batch if reduction == "mean" else 1.0
+        g_ce = g * (per_sample_factor * ce_over_t)
+        if mass_sq_sum is None:
+            scaled_g = g * (per_sample_factor * mse_scale)
+        else:
+            scaled_g = torch.div(g, mass_sq_sum).mul_(per_sample_factor * mse_scale * batch)
         need_student, need_teacher, need_weights = ctx.needs_input_grad[:3]
+        # The term is scale * W * sum_j w_j e_j^2; its gradient in t_j is 2 * scale * W * w_j e_j.
+        g_mse = mass * scaled_g
 
         grad_student = grad_teacher = grad_weights = None
         if need_student:
-            grad_student = torch.exp(log_q).sub_(p).mul_(g * (ce_weight / temperature))
+            grad_student = torch.exp(log_q).sub_(p).mul_(g_ce)
             if mse_on_student:
-                grad_student.addcmul_(g_mse, weighted, value=-1.0)
+                grad_student.addcmul_(g_mse, weighted, value=-2.0)
         if need_teacher:
-            grad_teacher = g_mse * weighted
+            grad_teacher = (g_mse * weighted).mul_(2.0)
         if need_weights:
-            grad_weights = (0.5 * g * ctx.mse_scale) * (mass * centred * centred + spread)
-            if normalize_mass:
-                # The normaliser mean_b W_b^2 depends on the weights too.
-                d_norm = -(g * mse).sum() * mse_weight / (mass_norm * mass_norm)
-                grad_weights = grad_weights + d_norm * (2.0 / mass.shape[0]) * mass
-        return grad_student, grad_teacher, grad_weights, None, None, None, None, None
+            grad_weights = (mass * centred * centred + spread).mul_(scaled_g)
+            if mass_sq_sum is not None:
+                # The normaliser sum_b W_b^2 depends on the weights too.
+                d_normaliser = (scaled_g * twice_mse).sum() * (-2.0) / mass_sq_sum
+                grad_weights = grad_weights + d_normaliser * mass
+        return grad_student, grad_teacher, grad_weights, None, None, None, None, None, None

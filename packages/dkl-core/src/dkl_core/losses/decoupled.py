@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_logits_pair, check_positive, check_reduction, check_weights, compute_dtype, reduce
+from ._checks import check_logits_pair, check_positive, check_reduction, check_weights, compute_dtype
 from ._decoupled_terms import DecoupledTerms
 from ._precision import full_precision
 
@@ -61,16 +61,16 @@ def dkl_loss(
     if temperature != 1.0:
         student, teacher = student / temperature, teacher / temperature
     weights = F.softmax(teacher.detach(), dim=1)
-    per_sample = DecoupledTerms.apply(student, teacher, weights, mse_weight, ce_weight, 1.0, False, False)
-    return reduce(per_sample, reduction)
+    return DecoupledTerms.apply(student, teacher, weights, mse_weight, ce_weight, 1.0, False, False, reduction)
 
 
 def _power(weights: torch.Tensor, gamma: float) -> torch.Tensor:
-    """``weights ** gamma`` (``0 ** 0 = 1``); without autograd, ``exp(gamma * log w)`` is about twice as fast
-    as ``pow`` with a real exponent on CPU, and keeps ``w = 0`` at 0."""
+    """``weights ** gamma`` (``0 ** 0 = 1``). On CPU and without autograd, ``exp(gamma * log w)`` is about
+    twice as fast as ``pow`` with a real exponent and keeps ``w = 0`` at 0; on an accelerator ``pow`` is one
+    kernel launch instead of three."""
     if gamma == 0.0:
         return torch.ones_like(weights)
-    if weights.requires_grad:
+    if weights.requires_grad or weights.device.type != "cpu":
         return weights.pow(gamma)
     return torch.log(weights).mul_(gamma).exp_()
 
@@ -105,10 +105,9 @@ def _ikl_family(
         class_weights = class_weights.detach()
     if gamma is not None and gamma != 1.0:
         class_weights = _power(class_weights, gamma)
-    per_sample = DecoupledTerms.apply(
-        student, teacher, class_weights, mse_weight, ce_weight, temperature, True, gamma is not None
+    return DecoupledTerms.apply(
+        student, teacher, class_weights, mse_weight, ce_weight, temperature, True, gamma is not None, reduction
     )
-    return reduce(per_sample, reduction)
 
 
 @full_precision
