@@ -1,9 +1,15 @@
 """Smoke runs of recipes/ssl/train.py through `accelerate launch` on the digits: every method x consistency
-loss for a few iterations, and the pretrained-ViT path with a checkpoint in USB's layout."""
+loss for a few iterations, and the pretrained-ViT path with a checkpoint in USB's layout.
+
+The four method x loss runs share one launch (this file is also the launched script: its ``__main__``
+calls the recipe's ``main`` per config) to pay the start-up once.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,13 +23,22 @@ TINY = ["iterations=2", "eval_every_iters=1", "batch_size=4", "uratio=1", "label
 TINY_VIT = "model_kwargs={embed_dim: 32, depth: 2, num_heads: 2, patch_size: 8, drop_path_rate: 0.1}"
 
 
+SMOKE_CONFIGS = ["digits_fixmatch", "digits_fixmatch_ikl", "digits_meanteacher", "digits_meanteacher_ikl"]
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(digits_dir, tmp_path_factory):
+    from tests.recipes.conftest import launch_command, run_launch
+
+    root = tmp_path_factory.mktemp("ssl_smoke")
+    run_launch(launch_command(__file__, str(root), ",".join(SMOKE_CONFIGS), f"data_dir={digits_dir}"))
+    return root
+
+
 @pytest.mark.recipe
-@pytest.mark.parametrize(
-    "config", ["digits_fixmatch", "digits_fixmatch_ikl", "digits_meanteacher", "digits_meanteacher_ikl"]
-)
-def test_every_method_and_loss_runs(config, digits_dir, launch, tmp_path):
-    out = tmp_path / "run"
-    launch(SCRIPT, "--config", f"{CONFIGS}/{config}.yaml", f"data_dir={digits_dir}", f"output_dir={out}", *TINY)
+@pytest.mark.parametrize("config", SMOKE_CONFIGS)
+def test_every_method_and_loss_runs(config, smoke_runs):
+    out = smoke_runs / config
     results = json.loads((out / "results.json").read_text())
     assert results["global_steps"] == 2 and results["epochs_completed"] == 2
     assert results["method"] == config.split("_")[1]
@@ -57,3 +72,11 @@ def test_usb_layout_checkpoint_loads_through_the_launched_recipe(digits_dir, lau
     assert "pos_embed resampled from 8x8 to 4x4" in result.stdout
     assert "dropped 3 pretraining head tensor(s): head.bias, head.weight, mlp.fc.weight" in result.stdout
     assert json.loads((out / "results.json").read_text())["global_steps"] == 2
+
+
+if __name__ == "__main__":  # launched by the smoke fixture: every config in one process
+    from dkl_recipe_ssl.train import main
+
+    root, configs, overrides = Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3:]
+    for config in configs:
+        main(["--config", f"{CONFIGS}/{config}.yaml", *TINY, *overrides, f"output_dir={root / config}"])
