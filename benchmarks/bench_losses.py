@@ -72,6 +72,25 @@ class PeakMemory(TorchDispatchMode):
         return out
 
 
+class OpCount(TorchDispatchMode):
+    """Operators dispatched, views excluded: on a GPU each one is a kernel launch, which is what small
+    losses are bound by there (the CPU pays a few microseconds of framework overhead per op instead)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_step(loss_fn, inputs) -> int:
+    with OpCount() as counter:
+        step(loss_fn, *inputs)
+    return counter.ops
+
+
 def make_inputs(batch, num_classes, device, dtype):
     g = torch.Generator(device="cpu").manual_seed(0)
     student = (3 * torch.randn(batch, num_classes, generator=g)).to(device, dtype).requires_grad_()
@@ -117,8 +136,9 @@ def main(argv: list[str]) -> None:
         pairwise = {"pairwise_ikl": lambda x=inputs: step(pairwise_ikl, *x)}
         times.update(time_side_by_side(pairwise, device, repeats=3 if heavy else 10, warmup=1))
         memory = {name: peak_extra_bytes(fn, inputs, device) for name, fn in CANDIDATES.items()}
+        ops = {name: ops_per_step(fn, inputs) for name, fn in fast.items()}
         record = {
-            "batch": batch, "classes": num_classes, "seconds": times, "peak_extra_bytes": memory,
+            "batch": batch, "classes": num_classes, "seconds": times, "peak_extra_bytes": memory, "ops": ops,
             "ikl_over_kl": times["ikl_loss"] / times["plain_kl"],
             "gkl_over_kl": times["gkl_loss"] / times["plain_kl"],
             "pairwise_over_ikl": times["pairwise_ikl"] / times["ikl_loss"],
@@ -130,15 +150,17 @@ def main(argv: list[str]) -> None:
             *(f"{times[n] * 1e6:,.0f}" for n in CANDIDATES),
             f"{record['ikl_over_kl']:.2f}x", f"{record['gkl_over_kl']:.2f}x", f"{record['pairwise_over_ikl']:,.0f}x",
             f"{memory['plain_kl'] / 2**20:.2f}", f"{memory['ikl_loss'] / 2**20:.2f}", f"{memory['pairwise_ikl'] / 2**20:,.1f}",
+            "/".join(str(ops[n]) for n in fast),
         ])  # fmt: skip
         print(rows[-1], flush=True)
 
     name = "losses" if device.type == "cpu" else f"losses_{device.type}_{args.dtype}"
     header = ["(B, C)", *(f"{n} us" for n in CANDIDATES), "ikl/kl", "gkl/kl", "pairwise/ikl",
-              "kl MiB", "ikl MiB", "pairwise MiB"]  # fmt: skip
+              "kl MiB", "ikl MiB", "pairwise MiB", "ops kl/ikl/gkl"]  # fmt: skip
     notes = (
         f"Device: {device_name(device)}; logits dtype {args.dtype}; forward+backward of the student logits, "
         f"median of {args.repeats} interleaved rounds; peak extra memory of one step. Plain KL is "
-        "F.kl_div(log_softmax(s/T), softmax(t/T)); pairwise is the released code's B x C x C form."
+        "F.kl_div(log_softmax(s/T), softmax(t/T)); pairwise is the released code's B x C x C form. Ops: aten "
+        "operators dispatched per step, views excluded (on a GPU, kernel launches: what these sizes are bound by)."
     )
     write_results(name, {"device": device_name(device), "dtype": args.dtype, "results": records}, rows, header, notes)

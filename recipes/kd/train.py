@@ -75,6 +75,11 @@ class KDConfig(BaseConfig):
                 f"method={self.method} needs teacher weights: teacher_checkpoint=PATH (mdistiller format) "
                 "or teacher_pretrained=true for a timm:<name> teacher"
             )
+        if self.teacher_checkpoint and self.teacher_pretrained:
+            raise ConfigError(
+                "teacher_checkpoint and teacher_pretrained=true both give the teacher's weights; keep one "
+                "(e.g. teacher_pretrained=false teacher_checkpoint=PATH for a local copy of the timm teacher)"
+            )
 
 
 # ----------------------------------------------------------------------------------------------

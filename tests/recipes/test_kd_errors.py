@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from dkl_recipe_kd.train import KDConfig, TeacherError, build_teacher, distillation_loss, main, warmup_factor
 
 from dkl_core import ClassPrior, ikl_loss, kl_loss
-from dkl_train.config import load_config
+from dkl_train.config import ConfigError, load_config
 from dkl_train.models import create_model
 from tests.recipes.conftest import write_mdistiller_checkpoint
 
@@ -74,6 +74,11 @@ def test_missing_teacher_says_where_to_get_it(tmp_path):
     assert (
         "cifar_teachers.tar" in message and "data/teachers/cifar_teachers/<name>_vanilla/ckpt_epoch_240.pth" in message
     )
+
+
+def test_two_sources_of_teacher_weights_is_an_error():
+    with pytest.raises(ConfigError, match="keep one"):
+        kd_config("teacher=timm:resnet34.tv_in1k", "teacher_pretrained=true")
 
 
 def test_unknown_key_lists_valid_ones(capsys):
