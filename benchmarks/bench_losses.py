@@ -47,7 +47,19 @@ def ours_gkl(student, teacher, weights):
     return gkl_loss(student, teacher, mse_weight=8.0, temperature=TEMPERATURE, weights=weights, gamma=0.2)
 
 
-CANDIDATES = {"plain_kl": plain_kl, "ikl_loss": ours_ikl, "gkl_loss": ours_gkl, "pairwise_ikl": pairwise_ikl}
+def ours_ikl_compiled(student, teacher, weights):
+    return ikl_loss(student, teacher, mse_weight=8.0, temperature=TEMPERATURE, weights=weights, compiled=True)
+
+
+def ours_gkl_compiled(student, teacher, weights):
+    return gkl_loss(
+        student, teacher, mse_weight=8.0, temperature=TEMPERATURE, weights=weights, gamma=0.2, compiled=True
+    )
+
+
+EAGER = {"plain_kl": plain_kl, "ikl_loss": ours_ikl, "gkl_loss": ours_gkl}
+COMPILED = {"ikl_compiled": ours_ikl_compiled, "gkl_compiled": ours_gkl_compiled}  # torch.compile'd passes
+CANDIDATES = {**EAGER, **COMPILED, "pairwise_ikl": pairwise_ikl}
 
 
 class PeakMemory(TorchDispatchMode):
@@ -129,18 +141,21 @@ def main(argv: list[str]) -> None:
     for batch, num_classes in SIZES:
         inputs = make_inputs(batch, num_classes, device, dtype)
         heavy = batch * num_classes * num_classes > 5_000_000
-        fast = {name: fn for name, fn in CANDIDATES.items() if name != "pairwise_ikl"}
+        fast = {**EAGER, **COMPILED}  # the warm-up calls compile
         times = time_side_by_side(
             {n: (lambda f=f, x=inputs: step(f, *x)) for n, f in fast.items()}, device, args.repeats
         )
+        pairwise_fn = {"pairwise_ikl": pairwise_ikl}
         pairwise = {"pairwise_ikl": lambda x=inputs: step(pairwise_ikl, *x)}
         times.update(time_side_by_side(pairwise, device, repeats=3 if heavy else 10, warmup=1))
-        memory = {name: peak_extra_bytes(fn, inputs, device) for name, fn in CANDIDATES.items()}
-        ops = {name: ops_per_step(fn, inputs) for name, fn in fast.items()}
+        memory = {name: peak_extra_bytes(fn, inputs, device) for name, fn in {**EAGER, **pairwise_fn}.items()}
+        ops = {name: ops_per_step(fn, inputs) for name, fn in EAGER.items()}
         record = {
             "batch": batch, "classes": num_classes, "seconds": times, "peak_extra_bytes": memory, "ops": ops,
             "ikl_over_kl": times["ikl_loss"] / times["plain_kl"],
             "gkl_over_kl": times["gkl_loss"] / times["plain_kl"],
+            "ikl_compiled_over_kl": times["ikl_compiled"] / times["plain_kl"],
+            "gkl_compiled_over_kl": times["gkl_compiled"] / times["plain_kl"],
             "pairwise_over_ikl": times["pairwise_ikl"] / times["ikl_loss"],
             "ikl_bytes_per_element": memory["ikl_loss"] / (batch * num_classes),
         }  # fmt: skip
@@ -148,19 +163,22 @@ def main(argv: list[str]) -> None:
         rows.append([
             f"({batch}, {num_classes})",
             *(f"{times[n] * 1e6:,.0f}" for n in CANDIDATES),
-            f"{record['ikl_over_kl']:.2f}x", f"{record['gkl_over_kl']:.2f}x", f"{record['pairwise_over_ikl']:,.0f}x",
+            *(f"{record[k]:.2f}x" for k in ("ikl_over_kl", "gkl_over_kl", "ikl_compiled_over_kl", "gkl_compiled_over_kl")),
+            f"{record['pairwise_over_ikl']:,.0f}x",
             f"{memory['plain_kl'] / 2**20:.2f}", f"{memory['ikl_loss'] / 2**20:.2f}", f"{memory['pairwise_ikl'] / 2**20:,.1f}",
-            "/".join(str(ops[n]) for n in fast),
+            "/".join(str(ops[n]) for n in EAGER),
         ])  # fmt: skip
         print(rows[-1], flush=True)
 
     name = "losses" if device.type == "cpu" else f"losses_{device.type}_{args.dtype}"
-    header = ["(B, C)", *(f"{n} us" for n in CANDIDATES), "ikl/kl", "gkl/kl", "pairwise/ikl",
+    header = ["(B, C)", *(f"{n} us" for n in CANDIDATES), "ikl/kl", "gkl/kl", "ikl_compiled/kl", "gkl_compiled/kl",
+              "pairwise/ikl",
               "kl MiB", "ikl MiB", "pairwise MiB", "ops kl/ikl/gkl"]  # fmt: skip
     notes = (
         f"Device: {device_name(device)}; logits dtype {args.dtype}; forward+backward of the student logits, "
         f"median of {args.repeats} interleaved rounds; peak extra memory of one step. Plain KL is "
-        "F.kl_div(log_softmax(s/T), softmax(t/T)); pairwise is the released code's B x C x C form. Ops: aten "
-        "operators dispatched per step, views excluded (on a GPU, kernel launches: what these sizes are bound by)."
+        "F.kl_div(log_softmax(s/T), softmax(t/T)); pairwise is the released code's B x C x C form; *_compiled "
+        "pass compiled=True (torch.compile'd fused passes, compiled during warm-up). Ops: aten operators "
+        "dispatched per eager step, views excluded (on a GPU, kernel launches: what these sizes are bound by)."
     )
     write_results(name, {"device": device_name(device), "dtype": args.dtype, "results": records}, rows, header, notes)

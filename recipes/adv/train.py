@@ -94,6 +94,7 @@ class AdvConfig(BaseConfig):
     ce_weight: float = 3.0  # ikl/gkl soft cross-entropy weight (released code: alpha)
     prior_temperature: float = 4.0  # T of the class prior's softmax (the "T" of recipes.md's table)
     gamma: float = 1.0  # gkl: prior ** gamma
+    compile_loss: bool = False  # the outer ikl/gkl loss through torch.compile (fewer kernels on a GPU)
     trades_beta: float = 6.0  # trades: KL weight
     # --- attack used for training ---
     eps: float = 8 / 255
@@ -254,7 +255,13 @@ def robust_loss(
     if config.method == "trades":
         term = config.trades_beta * kl_loss(adversarial_logits, natural_logits)
     else:
-        common = dict(mse_weight=config.mse_weight, ce_weight=config.ce_weight, temperature=1.0, weights=prior_weights)
+        common = dict(
+            mse_weight=config.mse_weight,
+            ce_weight=config.ce_weight,
+            temperature=1.0,
+            weights=prior_weights,
+            compiled=config.compile_loss,
+        )
         if config.method == "ikl":
             term = ikl_loss(adversarial_logits, natural_logits, **common)
         else:

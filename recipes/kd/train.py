@@ -61,6 +61,7 @@ class KDConfig(BaseConfig):
     mse_weight: float = 1.0  # ikl/gkl: wMSE weight (released code: beta)
     ce_weight: float = 1.0  # ikl/gkl: soft cross-entropy weight (released code: alpha)
     gamma: float = 1.0  # gkl: prior ** gamma
+    compile_loss: bool = False  # ikl/gkl through torch.compile (fewer kernels on a GPU; compiles on the first step)
     use_prior: bool = False  # ikl/gkl: class-wise prior weights (GI); ignored by the other methods
     weight_temperature: float = 100.0  # T2: temperature of the weights / of the prior's softmax
     warmup_epochs: int = 20  # ramp of the distillation term (0 = none)
@@ -125,6 +126,7 @@ def distillation_loss(
             temperature=config.temperature,
             weights=weights,
             weight_temperature=config.weight_temperature,
+            compiled=config.compile_loss,
         )
         if config.method == "ikl":
             term = ikl_loss(student_logits, teacher_logits, **common)

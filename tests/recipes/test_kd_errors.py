@@ -36,6 +36,18 @@ def test_ikl_uses_the_prior_rows_and_the_warm_up():
     assert warmup_factor(config, 4) == 0.25 and torch.allclose(loss, F.cross_entropy(s, y) + 0.25 * term)
 
 
+def test_compiled_loss_equals_eager():
+    s, t, y = torch.randn(6, 10, requires_grad=True), torch.randn(6, 10), torch.randint(0, 10, (6,))
+    prior = ClassPrior(10)
+    results = []
+    for compiled in (False, True):
+        config = kd_config("method=gkl", "use_prior=true", "gamma=0.5", "warmup_epochs=0", f"compile_loss={compiled}")
+        loss, _ = distillation_loss(config, s, t, y, prior, epoch=0)
+        results.append((loss.detach(), *torch.autograd.grad(loss, s)))
+    for eager, compiled in zip(*results, strict=True):
+        torch.testing.assert_close(compiled, eager)
+
+
 def test_mdistiller_teacher_loads_strictly(tmp_path):
     path = write_mdistiller_checkpoint(tmp_path / "resnet8_vanilla" / "ckpt_epoch_240.pth", "resnet8", 10, seed=5)
     teacher = build_teacher(kd_config("method=kd", f"teacher_checkpoint={path}"), 10)

@@ -103,6 +103,18 @@ def test_losses_are_the_papers_formulas():
     assert torch.allclose(loss, F.cross_entropy(s, y))
 
 
+def test_compiled_loss_equals_eager():
+    torch.manual_seed(0)
+    t, s, y = torch.randn(8, 5, requires_grad=True), torch.randn(8, 5, requires_grad=True), torch.randint(0, 5, (8,))
+    w = torch.softmax(torch.randn(5, 5), dim=1)[y]
+    results = []
+    for compiled in (False, True):
+        loss, _ = robust_loss(AdvConfig(method="ikl", compile_loss=compiled), t, s, y, w)
+        results.append((loss.detach(), *torch.autograd.grad(loss, (t, s))))
+    for eager, compiled in zip(*results, strict=True):
+        torch.testing.assert_close(compiled, eager)
+
+
 def test_autoaug_half_is_weighted():
     model = _tiny_model()
     x, x_adv, y = torch.rand(8, 3, 4, 4), torch.rand(8, 3, 4, 4), torch.randint(0, 5, (8,))
