@@ -157,7 +157,7 @@ demo-adv: install ## Adversarial part of the demo on digits: TRADES vs IKL-AT, e
 
 # The SSL and adversarial parts use one thread per process, so they run side by side on the two cores (about 3
 # minutes saved); the adversarial part keeps the terminal and its progress bars, SSL's go to $(DEMO_RUNS)/ssl.log.
-demo: demo-kd ## Run every recipe on digits on this CPU (about 8 minutes on 2 cores) and print the results side by side
+demo: demo-kd ## Run every recipe on digits on this CPU (about 6 minutes on 2 cores, plus the first install) and print the results side by side
 	@mkdir -p $(DEMO_RUNS)
 	@echo "SSL runs alongside the adversarial part on the second core; follow it with: tail -f $(DEMO_RUNS)/ssl.log"
 	@$(MAKE) --no-print-directory demo-ssl > $(DEMO_RUNS)/ssl.log 2>&1 & ssl=$$!; \
@@ -169,5 +169,5 @@ demo: demo-kd ## Run every recipe on digits on this CPU (about 8 minutes on 2 co
 	@$(PY) -m dkl_train.report $(DEMO_RUNS)
 	@$(PY) -m dkl_train.demo $(DEMO_RUNS)
 
-demo-table: ## Print the table of the demo runs (reads $(DEMO_RUNS)/**/results.json)
+demo-table: ## Print the table of the demo runs (reads runs/demo/**/results.json, or DEMO_RUNS=...)
 	@$(PY) -m dkl_train.demo $(DEMO_RUNS)
