@@ -7,11 +7,12 @@ method still goes through the recipe's own command-line entry point, config, Run
 """
 
 import sys
-from pathlib import Path
 
 from dkl_recipe_kd.train import main
 
+from tests.recipes.conftest import launched_runs
+
 if __name__ == "__main__":
-    root, methods, overrides = Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3:]
+    root, methods, overrides = launched_runs(sys.argv)
     for method in methods:
         main([*overrides, f"method={method}", f"output_dir={root / method}"])

@@ -51,6 +51,8 @@ def launch_command(script: str | Path, *args: str, processes: int = 1) -> list[s
 def run_launch(command: list[str], expect_failure: bool = False, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run a launch command from the repository root (CPU only); fail with the output's tail when it misbehaves."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+    # The repository root on the path, as pytest has it: launched test scripts import tests.recipes.conftest.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     result = subprocess.run(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout
     )
@@ -60,6 +62,20 @@ def run_launch(command: list[str], expect_failure: bool = False, timeout: float 
             f"expected {command[-1]!r}... to {expectation}; exit {result.returncode}. Output:\n{result.stdout[-6000:]}"
         )
     return result
+
+
+def launch_runs(script: str | Path, root: Path, names: list[str], *args: str) -> Path:
+    """Launch ``script`` once for several runs, ``root/<name>`` each, to pay the start-up once; returns ``root``.
+
+    The script reads its arguments back with :func:`launched_runs` and calls its recipe's ``main`` per name.
+    """
+    run_launch(launch_command(script, root, ",".join(names), *args))
+    return root
+
+
+def launched_runs(argv: list[str]) -> tuple[Path, list[str], list[str]]:
+    """In a script started by :func:`launch_runs`: ``(root, names, the other arguments)``."""
+    return Path(argv[1]), argv[2].split(","), argv[3:]
 
 
 @pytest.fixture

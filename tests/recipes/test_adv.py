@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -28,11 +27,9 @@ EXTRA = {"gkl": ["gamma=0.5", "augmentation=autoaug"], "pgd_at": ["random_start=
 
 @pytest.fixture(scope="module")
 def smoke_runs(digits_dir, tmp_path_factory):
-    from tests.recipes.conftest import launch_command, run_launch
+    from tests.recipes.conftest import launch_runs
 
-    root = tmp_path_factory.mktemp("adv_smoke")
-    run_launch(launch_command(__file__, str(root), ",".join(METHODS), f"data_dir={digits_dir}"))
-    return root
+    return launch_runs(__file__, tmp_path_factory.mktemp("adv_smoke"), METHODS, f"data_dir={digits_dir}")
 
 
 @pytest.mark.recipe
@@ -105,7 +102,9 @@ if __name__ == "__main__" and sys.argv[1] == "--eval-small-budget":  # launched 
 elif __name__ == "__main__":  # launched by the smoke fixture: every method in one process
     from dkl_recipe_adv.train import main
 
-    root, methods, overrides = Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3:]
+    from tests.recipes.conftest import launched_runs
+
+    root, methods, overrides = launched_runs(sys.argv)
     for method in methods:
         main(["--config", CONFIG, *TINY, *overrides, *EXTRA.get(method, []), f"method={method}",
               f"output_dir={root / method}"])  # fmt: skip

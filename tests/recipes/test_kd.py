@@ -19,17 +19,13 @@ METHODS = ["ce", "kd", "dkd", "ikl", "gkl"]
 
 @pytest.fixture(scope="module")
 def smoke_runs(digits_dir, digits_teacher, tmp_path_factory):
-    from tests.recipes.conftest import launch_command, run_launch
+    from tests.recipes.conftest import launch_runs
 
-    root = tmp_path_factory.mktemp("kd_smoke")
-    run_launch(
-        launch_command(
-            "tests/recipes/_kd_methods.py", root, ",".join(METHODS),
-            "--config", "recipes/kd/configs/digits_resnet14_resnet8_ikl.yaml", f"data_dir={digits_dir}",
-            f"teacher_checkpoint={digits_teacher}", "num_workers=2", "use_prior=true", "gamma=0.5", *TINY,
-        )
+    return launch_runs(
+        "tests/recipes/_kd_methods.py", tmp_path_factory.mktemp("kd_smoke"), METHODS,
+        "--config", "recipes/kd/configs/digits_resnet14_resnet8_ikl.yaml", f"data_dir={digits_dir}",
+        f"teacher_checkpoint={digits_teacher}", "num_workers=2", "use_prior=true", "gamma=0.5", *TINY,
     )  # fmt: skip
-    return root
 
 
 @pytest.mark.recipe

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -28,11 +27,9 @@ SMOKE_CONFIGS = ["digits_fixmatch", "digits_fixmatch_ikl", "digits_meanteacher",
 
 @pytest.fixture(scope="module")
 def smoke_runs(digits_dir, tmp_path_factory):
-    from tests.recipes.conftest import launch_command, run_launch
+    from tests.recipes.conftest import launch_runs
 
-    root = tmp_path_factory.mktemp("ssl_smoke")
-    run_launch(launch_command(__file__, str(root), ",".join(SMOKE_CONFIGS), f"data_dir={digits_dir}"))
-    return root
+    return launch_runs(__file__, tmp_path_factory.mktemp("ssl_smoke"), SMOKE_CONFIGS, f"data_dir={digits_dir}")
 
 
 @pytest.mark.recipe
@@ -77,6 +74,8 @@ def test_usb_layout_checkpoint_loads_through_the_launched_recipe(digits_dir, lau
 if __name__ == "__main__":  # launched by the smoke fixture: every config in one process
     from dkl_recipe_ssl.train import main
 
-    root, configs, overrides = Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3:]
+    from tests.recipes.conftest import launched_runs
+
+    root, configs, overrides = launched_runs(sys.argv)
     for config in configs:
         main(["--config", f"{CONFIGS}/{config}.yaml", *TINY, *overrides, f"output_dir={root / config}"])

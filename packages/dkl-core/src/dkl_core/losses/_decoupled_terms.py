@@ -78,8 +78,9 @@ def forward_terms(
         loss = per_sample.sum()
     else:
         loss = per_sample.squeeze(1)
-    keep = keep_for_weights
-    return (loss, weighted, centred if keep else None, mass, spread, log_q, p, twice_mse if keep else None, mass_sq_sum)
+    if not keep_for_weights:
+        centred = twice_mse = None
+    return loss, weighted, centred, mass, spread, log_q, p, twice_mse, mass_sq_sum
 
 
 def backward_terms(
