@@ -75,6 +75,8 @@ class PeakMemory(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if func._schema.is_mutable:  # in-place and out= ops write into memory that is already counted
+            return out
         for tensor in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(tensor, torch.Tensor) and tensor._base is None:
                 nbytes = tensor.untyped_storage().nbytes()
@@ -101,6 +103,18 @@ def ops_per_step(loss_fn, inputs) -> int:
     with OpCount() as counter:
         step(loss_fn, *inputs)
     return counter.ops
+
+
+def compiled_that_work(inputs) -> tuple[dict, str]:
+    """The compiled candidates that compile here, and the first error (a GPU image may lack a compiler);
+    a failed compile drops those columns and is written into the results instead of ending the run."""
+    try:
+        for fn in COMPILED.values():
+            step(fn, *inputs)
+    except Exception as error:  # noqa: BLE001 - any compiler failure; reported, not hidden
+        print(f"!! compiled=True failed, measuring eager only: {error!r}", flush=True)
+        return {}, repr(error)
+    return COMPILED, ""
 
 
 def make_inputs(batch, num_classes, device, dtype):
@@ -137,11 +151,13 @@ def main(argv: list[str]) -> None:
     args, _ = parser.parse_known_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
 
-    rows, records = [], []
+    rows, records, compile_error = [], [], ""
     for batch, num_classes in SIZES:
         inputs = make_inputs(batch, num_classes, device, dtype)
         heavy = batch * num_classes * num_classes > 5_000_000
-        fast = {**EAGER, **COMPILED}  # the warm-up calls compile
+        compiled, error = compiled_that_work(inputs) if not compile_error else ({}, compile_error)
+        compile_error = compile_error or error
+        fast = {**EAGER, **compiled}
         times = time_side_by_side(
             {n: (lambda f=f, x=inputs: step(f, *x)) for n, f in fast.items()}, device, args.repeats
         )
@@ -154,16 +170,16 @@ def main(argv: list[str]) -> None:
             "batch": batch, "classes": num_classes, "seconds": times, "peak_extra_bytes": memory, "ops": ops,
             "ikl_over_kl": times["ikl_loss"] / times["plain_kl"],
             "gkl_over_kl": times["gkl_loss"] / times["plain_kl"],
-            "ikl_compiled_over_kl": times["ikl_compiled"] / times["plain_kl"],
-            "gkl_compiled_over_kl": times["gkl_compiled"] / times["plain_kl"],
+            "ikl_compiled_over_kl": times["ikl_compiled"] / times["plain_kl"] if compiled else None,
+            "gkl_compiled_over_kl": times["gkl_compiled"] / times["plain_kl"] if compiled else None,
             "pairwise_over_ikl": times["pairwise_ikl"] / times["ikl_loss"],
             "ikl_bytes_per_element": memory["ikl_loss"] / (batch * num_classes),
         }  # fmt: skip
         records.append(record)
         rows.append([
             f"({batch}, {num_classes})",
-            *(f"{times[n] * 1e6:,.0f}" for n in CANDIDATES),
-            *(f"{record[k]:.2f}x" for k in ("ikl_over_kl", "gkl_over_kl", "ikl_compiled_over_kl", "gkl_compiled_over_kl")),
+            *(f"{times[n] * 1e6:,.0f}" if n in times else "failed" for n in CANDIDATES),
+            *(f"{record[k]:.2f}x" if record[k] else "failed" for k in ("ikl_over_kl", "gkl_over_kl", "ikl_compiled_over_kl", "gkl_compiled_over_kl")),
             f"{record['pairwise_over_ikl']:,.0f}x",
             f"{memory['plain_kl'] / 2**20:.2f}", f"{memory['ikl_loss'] / 2**20:.2f}", f"{memory['pairwise_ikl'] / 2**20:,.1f}",
             "/".join(str(ops[n]) for n in EAGER),
@@ -181,4 +197,7 @@ def main(argv: list[str]) -> None:
         "pass compiled=True (torch.compile'd fused passes, compiled during warm-up). Ops: aten operators "
         "dispatched per eager step, views excluded (on a GPU, kernel launches: what these sizes are bound by)."
     )
-    write_results(name, {"device": device_name(device), "dtype": args.dtype, "results": records}, rows, header, notes)
+    if compile_error:
+        notes += f" compiled=True failed on this machine: {compile_error}"
+    payload = {"device": device_name(device), "dtype": args.dtype, "compile_error": compile_error, "results": records}
+    write_results(name, payload, rows, header, notes)

@@ -18,7 +18,7 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
 run() { echo "== $*"; timeout "$1" python3 -m benchmarks "${@:2}" || echo "!! failed or timed out: $*"; }
 for bench in $benches; do
   case $bench in
-    losses) run 300 --only losses --device cuda --dtype float32; run 300 --only losses --device cuda --dtype bfloat16 ;;
+    losses) run 300 --only losses --device cuda --dtype float32 --repeats 200; run 300 --only losses --device cuda --dtype bfloat16 --repeats 200 ;;
     attacks) run 150 --only attacks --device cuda --model wrn_34_10 --all ;;
     *) run 150 --only "$bench" --device cuda ;;
   esac

@@ -246,6 +246,23 @@ def test_zero_weight_rows_give_zero_mse_not_nan():
     assert torch.isfinite(torch.autograd.grad(value.sum(), s)[0]).all()
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_no_grad_values_equal_grad_mode_values(reduction):
+    # Under no_grad the fused forward skips preparing gradients; the loss must not change.
+    s, t, w = make_inputs(10, seed=3)
+    calls = [
+        lambda: dkl_loss(s, t, mse_weight=2.0, temperature=2.0, reduction=reduction),
+        lambda: ikl_loss(s, t, mse_weight=8.0, temperature=4.0, weights=w, reduction=reduction),
+        lambda: gkl_loss(s, t, mse_weight=4.0, gamma=0.2, detach_weights=False, reduction=reduction),
+    ]
+    for call in calls:
+        with_grad = call()
+        with torch.no_grad():
+            without_grad = call()
+        assert with_grad.requires_grad and not without_grad.requires_grad
+        assert_close(without_grad, with_grad.detach())
+
+
 def test_modules_equal_functions():
     s, t, w = make_inputs(10, seed=7)
     y = torch.tensor([1, 2, 3])

@@ -1,6 +1,6 @@
 """``compiled=True``: the fused passes through torch.compile give the reference's values and gradients.
 
-Each case compiles its forward and backward once (seconds each on a CPU); the cases cover the three
+Each case compiles its forward pass once (seconds on a CPU); the cases cover the three
 branches the compiled graphs specialise on: the student-only gradient (IKL, mean), the gradient through
 the mass normaliser into the weights (GKL, sum) and the teacher gradient of DKL (per sample).
 """

@@ -52,7 +52,7 @@ def dkl_loss(
         ce_weight: weight of the soft cross-entropy term (the paper's ``beta``).
         temperature: ``T > 0``, applied to both logits before decoupling; no ``T^2`` factor.
         reduction: ``"mean"`` over the batch, ``"sum"`` or ``"none"`` (``[B]``).
-        compiled: run the fused forward and backward through ``torch.compile`` (see :func:`ikl_loss`).
+        compiled: run the fused forward pass through ``torch.compile`` (see :func:`ikl_loss`).
     """
     check_logits_pair(student_logits, teacher_logits)
     check_positive("temperature", temperature)
@@ -64,8 +64,9 @@ def dkl_loss(
         student, teacher = student / temperature, teacher / temperature
     weights = F.softmax(teacher.detach(), dim=1)
     return DecoupledTerms.apply(
-        student, teacher, weights, mse_weight, ce_weight, 1.0, False, False, reduction, compiled
-    )
+        student, teacher, weights, mse_weight, ce_weight, 1.0, False, False, reduction, compiled,
+        torch.is_grad_enabled(),
+    )  # fmt: skip
 
 
 def _power(weights: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -112,8 +113,9 @@ def _ikl_family(
         class_weights = _power(class_weights, gamma)
     normalize_mass = gamma is not None
     return DecoupledTerms.apply(
-        student, teacher, class_weights, mse_weight, ce_weight, temperature, True, normalize_mass, reduction, compiled
-    )
+        student, teacher, class_weights, mse_weight, ce_weight, temperature, True, normalize_mass, reduction, compiled,
+        torch.is_grad_enabled(),
+    )  # fmt: skip
 
 
 @full_precision
@@ -154,10 +156,11 @@ def ikl_loss(
         detach_weights: stop the gradient through the weights (the paper). ``False`` lets it flow,
             as the released semi-supervised code ran (it departs from the paper's formula).
         reduction: ``"mean"`` over the batch, ``"sum"`` or ``"none"`` (``[B]``).
-        compiled: run the fused forward and backward through ``torch.compile``: a few fused kernels instead
-            of about thirty small ones, which is what the loss costs at classification-head sizes on a GPU
-            (launch bound) and above ``B*C ~ 10^5`` on a CPU. The first call with new constants or shapes
-            compiles (seconds to a minute); the values equal the eager path's to rounding.
+        compiled: run the fused forward pass (which also prepares the gradients) through ``torch.compile``:
+            a few fused kernels instead of about twenty small ones. At classification-head sizes on a GPU,
+            where each op costs mostly its launch, that took IKL from 1.2-1.5x the time of a plain KL loss
+            to 0.9-1.4x (H200, ``benchmarks/results/losses_cuda_*.md``). The first call with new constants
+            or shapes compiles (seconds to a minute); the values equal the eager path's to rounding.
 
     Example:
         >>> student, teacher = torch.randn(8, 100, requires_grad=True), torch.randn(8, 100)
