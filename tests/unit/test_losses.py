@@ -263,6 +263,16 @@ def test_no_grad_values_equal_grad_mode_values(reduction):
         assert_close(without_grad, with_grad.detach())
 
 
+def test_second_derivatives_raise_instead_of_being_silently_wrong():
+    # The upstream gradient depends on a learned loss weight, so autograd would otherwise build a graph
+    # for the input gradient that misses the loss's own curvature.
+    s, t, w = make_inputs(10)
+    loss_weight = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(loss_weight * ikl_loss(s, t.detach(), weights=w), s, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad.sum().backward()
+
+
 def test_modules_equal_functions():
     s, t, w = make_inputs(10, seed=7)
     y = torch.tensor([1, 2, 3])

@@ -186,6 +186,7 @@ class DecoupledTerms(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the saved gradients carry no graph: say so, not silently 0
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor):
         mse_scale, reduction = ctx.options
         grads = backward_terms(grad_out, *ctx.saved_tensors, mse_scale, reduction)
