@@ -30,9 +30,23 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+
+class TermOptions(NamedTuple):
+    """The constants of one call. ``normalize_mass`` (GKL) divides the wMSE term by the batch mean of
+    ``W_b^2``; ``mse_on_student=False`` stops the wMSE gradient into the student (DKL's ``S(s)``);
+    ``reduction`` is ``"mean"``, ``"sum"`` or ``"none"`` (a ``[B]`` vector)."""
+
+    mse_weight: float
+    ce_weight: float
+    temperature: float
+    mse_on_student: bool
+    normalize_mass: bool
+    reduction: str
 
 
 def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -56,12 +70,7 @@ def forward_terms(
     student: torch.Tensor,
     teacher: torch.Tensor,
     weights: torch.Tensor,
-    mse_weight: float,
-    ce_weight: float,
-    temperature: float,
-    mse_on_student: bool,
-    normalize_mass: bool,
-    reduction: str,
+    options: TermOptions,
     needs: tuple[bool, bool, bool],
 ) -> tuple[torch.Tensor | float | None, ...]:
     """The loss and what the backward pass needs: ``(loss, grad_student, grad_teacher, centred, mass,
@@ -73,6 +82,7 @@ def forward_terms(
     for the weights' gradient. ``W_b sum_j w_j e_j^2`` (twice the wMSE) enters the loss times the float
     ``mse_scale``, and for GKL divided by ``mass_sq_sum = sum_b W_b^2``.
     """
+    mse_weight, ce_weight, temperature, mse_on_student, normalize_mass, reduction = options
     need_student, need_teacher, need_weights = needs
     batch = student.shape[0]
     factor = 1.0 / batch if reduction == "mean" else 1.0
@@ -153,11 +163,8 @@ def compiled_forward_terms() -> Callable:
 class DecoupledTerms(torch.autograd.Function):
     """``mse_weight * wMSE + ce_weight * sCE`` per sample, reduced over the batch, with closed-form gradients.
 
-    ``normalize_mass`` (GKL) divides the wMSE term by the batch mean of ``W_b^2``.
-    ``mse_on_student=False`` stops the wMSE gradient into the student (DKL's ``S(s)``).
-    ``reduction`` is ``"mean"``, ``"sum"`` or ``"none"`` (a ``[B]`` vector). ``compiled`` runs the forward
-    pass through ``torch.compile``. ``grad_enabled`` is the caller's grad mode (``forward`` always runs without
-    it): under ``torch.no_grad`` no gradient is prepared.
+    ``compiled`` runs the forward pass through ``torch.compile``. ``grad_enabled`` is the caller's grad mode
+    (``forward`` always runs without it): under ``torch.no_grad`` no gradient is prepared.
     """
 
     @staticmethod
@@ -166,28 +173,28 @@ class DecoupledTerms(torch.autograd.Function):
         student: torch.Tensor,
         teacher: torch.Tensor,
         weights: torch.Tensor,
-        mse_weight: float,
-        ce_weight: float,
-        temperature: float,
-        mse_on_student: bool,
-        normalize_mass: bool,
-        reduction: str,
-        compiled: bool = False,
-        grad_enabled: bool = True,
+        options: TermOptions,
+        compiled: bool,
+        grad_enabled: bool,
     ) -> torch.Tensor:
         forward = compiled_forward_terms() if compiled else forward_terms
         needs = tuple(grad_enabled and need for need in ctx.needs_input_grad[:3])
-        loss, *saved, mse_scale = forward(
-            student, teacher, weights, mse_weight, ce_weight, temperature, mse_on_student, normalize_mass,
-            reduction, needs,
-        )  # fmt: skip
+        loss, *saved, mse_scale = forward(student, teacher, weights, options, needs)
         ctx.save_for_backward(*saved)
-        ctx.options = (mse_scale, reduction)
+        ctx.backward_options = (mse_scale, options.reduction)
         return loss
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # the saved gradients carry no graph: say so, not silently 0
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor):
-        mse_scale, reduction = ctx.options
+        mse_scale, reduction = ctx.backward_options
         grads = backward_terms(grad_out, *ctx.saved_tensors, mse_scale, reduction)
-        return *grads, None, None, None, None, None, None, None, None
+        return *grads, None, None, None
+
+
+def decoupled_terms(
+    student: torch.Tensor, teacher: torch.Tensor, weights: torch.Tensor, options: TermOptions, compiled: bool
+) -> torch.Tensor:
+    """The fused loss of ``options`` on float32/64 ``[B, C]`` inputs: :class:`DecoupledTerms` in the caller's
+    grad mode."""
+    return DecoupledTerms.apply(student, teacher, weights, options, compiled, torch.is_grad_enabled())

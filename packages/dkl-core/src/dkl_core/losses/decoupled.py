@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_logits_pair, check_positive, check_reduction, check_weights, compute_dtype
-from ._decoupled_terms import DecoupledTerms
+from ._decoupled_terms import TermOptions, decoupled_terms
 from ._precision import full_precision
 
 
@@ -63,10 +63,10 @@ def dkl_loss(
     if temperature != 1.0:
         student, teacher = student / temperature, teacher / temperature
     weights = F.softmax(teacher.detach(), dim=1)
-    return DecoupledTerms.apply(
-        student, teacher, weights, mse_weight, ce_weight, 1.0, False, False, reduction, compiled,
-        torch.is_grad_enabled(),
-    )  # fmt: skip
+    options = TermOptions(
+        mse_weight, ce_weight, temperature=1.0, mse_on_student=False, normalize_mass=False, reduction=reduction
+    )
+    return decoupled_terms(student, teacher, weights, options, compiled)
 
 
 def _power(weights: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -111,11 +111,10 @@ def _ikl_family(
         class_weights = class_weights.detach()
     if gamma is not None and gamma != 1.0:
         class_weights = _power(class_weights, gamma)
-    normalize_mass = gamma is not None
-    return DecoupledTerms.apply(
-        student, teacher, class_weights, mse_weight, ce_weight, temperature, True, normalize_mass, reduction, compiled,
-        torch.is_grad_enabled(),
-    )  # fmt: skip
+    options = TermOptions(
+        mse_weight, ce_weight, temperature, mse_on_student=True, normalize_mass=gamma is not None, reduction=reduction
+    )
+    return decoupled_terms(student, teacher, class_weights, options, compiled)
 
 
 @full_precision
