@@ -21,7 +21,7 @@ install: $(STAMP) ## Create .venv and install every package of the repo (editabl
 
 $(STAMP): requirements/constraints.txt requirements/dev.txt $(addsuffix /pyproject.toml,$(PROJECTS))
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt -r requirements/dev.txt $(EDITABLE)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -c requirements/constraints.txt -r requirements/dev.txt $(EDITABLE)
 	@touch $@
 
 test: install ## Run the whole test suite (unit, recipe smoke, distributed, resume)
@@ -54,22 +54,16 @@ report: install ## Aggregate every results.json under RUNS=<folder> into RUNS/RE
 DATASET ?= digits
 DATA_DIR ?= data
 IMAGENET_DIR ?=
-# `accelerate launch` and its options, e.g. LAUNCH_ARGS="--multi_gpu --num_processes 8 --num_machines 1".
-# The precision comes from the config (mixed_precision: bf16), which overrides the launcher's --mixed_precision.
+# `accelerate launch` and its options. Empty by default: process count, machine count and precision come
+# from your saved `accelerate config` (run it once), else from Accelerate's detection (all visible GPUs, no
+# mixed precision). Any flag overrides them, e.g. LAUNCH_ARGS="--multi_gpu --num_processes 8 --mixed_precision bf16".
+# A config's `mixed_precision: auto` (the default) follows the launcher; an explicit value there wins.
 LAUNCH ?= $(VENV)/bin/accelerate launch
-LAUNCH_ARGS ?= --num_machines 1 --num_processes 1 --dynamo_backend no --mixed_precision no
+LAUNCH_ARGS ?=
 KD_CONFIG := $(or $(CONFIG),recipes/kd/configs/cifar100_resnet32x4_resnet8x4_ikl.yaml)
 KD_SEEDS := $(or $(SEEDS),0 1 2)
 KD_RUNS := runs/kd/$(basename $(notdir $(KD_CONFIG)))
-DEMO_KD := recipes/kd/configs
-# Where the demo writes its runs, and extra overrides per recipe (the test suite runs `make demo` with one
-# epoch per stage this way: DEMO_KD_ARGS="epochs=1 warmup_epochs=0" ...).
-DEMO_RUNS ?= runs/demo
-DEMO_KD_ARGS ?=
-DEMO_SSL_ARGS ?=
-DEMO_ADV_ARGS ?=
-DEMO_EVAL_ARGS ?=
-.PHONY: data train-kd reproduce-kd demo demo-kd demo-table
+.PHONY: data train-kd reproduce-kd
 
 data: install ## Prepare a dataset once under DATA_DIR=data: DATASET=digits|cifar10|cifar100|imagenet (IMAGENET_DIR=... for imagenet)
 	$(PY) -m dkl_train.data prepare --dataset $(DATASET) --data-dir $(DATA_DIR) $(if $(IMAGENET_DIR),--imagenet-dir $(IMAGENET_DIR))
@@ -85,22 +79,11 @@ reproduce-kd: install ## Train + eval a KD config over seeds, then report mean Â
 	done
 	$(PY) -m dkl_train.report $(KD_RUNS)
 
-demo-kd: install ## KD part of the demo on digits: teacher (ce), student alone, KD and IKL students (CPU, minutes)
-	@test -f $(DATA_DIR)/digits/dataset_dict.json || $(PY) -m dkl_train.data prepare --dataset digits --data-dir $(DATA_DIR)
-	rm -rf $(DEMO_RUNS)/kd
-	$(LAUNCH) --cpu $(LAUNCH_ARGS) recipes/kd/train.py --config $(DEMO_KD)/digits_teacher_resnet14_ce.yaml data_dir=$(DATA_DIR) output_dir=$(DEMO_RUNS)/kd/teacher_resnet14 $(DEMO_KD_ARGS) $(ARGS)
-	$(LAUNCH) --cpu $(LAUNCH_ARGS) recipes/kd/train.py --config $(DEMO_KD)/digits_student_resnet8_ce.yaml data_dir=$(DATA_DIR) output_dir=$(DEMO_RUNS)/kd/student_resnet8_ce $(DEMO_KD_ARGS) $(ARGS)
-	@for method in kd ikl; do \
-	  $(LAUNCH) --cpu $(LAUNCH_ARGS) recipes/kd/train.py --config $(DEMO_KD)/digits_resnet14_resnet8_$$method.yaml data_dir=$(DATA_DIR) \
-	    output_dir=$(DEMO_RUNS)/kd/resnet14_resnet8_$$method teacher_checkpoint=$(DEMO_RUNS)/kd/teacher_resnet14/model.pth $(DEMO_KD_ARGS) $(ARGS) || exit 1; \
-	done
-
 # --- the semi-supervised recipe (recipes/ssl) --------------------------------------------------
 SSL_CONFIG := $(or $(CONFIG),recipes/ssl/configs/cifar100_200_fixmatch_ikl.yaml)
 SSL_SEEDS := $(or $(SEEDS),0 1 2)
 SSL_RUNS := runs/ssl/$(basename $(notdir $(SSL_CONFIG)))
-DEMO_SSL := recipes/ssl/configs
-.PHONY: train-ssl reproduce-ssl demo-ssl
+.PHONY: train-ssl reproduce-ssl
 
 train-ssl: install ## One SSL run: CONFIG=recipes/ssl/configs/<file>.yaml ARGS="key=value ..." (LAUNCH_ARGS for accelerate launch)
 	$(LAUNCH) $(LAUNCH_ARGS) recipes/ssl/train.py --config $(SSL_CONFIG) $(ARGS)
@@ -111,15 +94,6 @@ reproduce-ssl: install ## Train an SSL config over seeds (resumable), then repor
 	done
 	$(PY) -m dkl_train.report $(SSL_RUNS)
 
-demo-ssl: install ## SSL part of the demo on digits: FixMatch vs FixMatch-IKL, 5 labels per class (CPU, minutes)
-	@# One thread per process: on a shared 2-core machine two OpenMP threads thrash (about 10x slower here).
-	@test -f $(DATA_DIR)/digits/dataset_dict.json || $(PY) -m dkl_train.data prepare --dataset digits --data-dir $(DATA_DIR)
-	rm -rf $(DEMO_RUNS)/ssl
-	@for run in fixmatch fixmatch_ikl; do \
-	  $(LAUNCH) --cpu --num_cpu_threads_per_process 1 $(LAUNCH_ARGS) recipes/ssl/train.py --config $(DEMO_SSL)/digits_$$run.yaml \
-	    data_dir=$(DATA_DIR) output_dir=$(DEMO_RUNS)/ssl/$$run $(DEMO_SSL_ARGS) $(ARGS) || exit 1; \
-	done
-
 # --- the adversarial-training recipe (recipes/adv) ---------------------------------------------
 ADV_CONFIG := $(or $(CONFIG),recipes/adv/configs/cifar10_wrn34_ikl.yaml)
 ADV_SEEDS := $(or $(SEEDS),0)
@@ -127,8 +101,7 @@ ADV_RUNS := runs/adv/$(basename $(notdir $(ADV_CONFIG)))
 # eval-adv: a run folder (RUN=..., default the first seed of CONFIG) or an eval-only config (configs/eval_*.yaml).
 ADV_EVAL_SOURCE = $(if $(findstring /eval_,$(ADV_CONFIG)),--config $(ADV_CONFIG),run_dir=$(or $(RUN),$(ADV_RUNS)/seed$(firstword $(ADV_SEEDS))))
 EVAL_ARGS ?=
-DEMO_ADV := recipes/adv/configs
-.PHONY: train-adv eval-adv reproduce-adv demo-adv
+.PHONY: train-adv eval-adv reproduce-adv
 
 train-adv: install ## One adversarial-training run: CONFIG=recipes/adv/configs/<file>.yaml ARGS="key=value ..." (LAUNCH_ARGS for accelerate launch)
 	$(LAUNCH) $(LAUNCH_ARGS) recipes/adv/train.py --config $(ADV_CONFIG) $(ARGS)
@@ -143,33 +116,125 @@ reproduce-adv: install ## Train + AutoAttack an adv config over seeds, then repo
 	done
 	$(PY) -m dkl_train.report $(ADV_RUNS)
 
-demo-adv: install ## Adversarial part of the demo on digits: TRADES vs IKL-AT, each then AutoAttacked on 200 test images (CPU, minutes)
-	@# One thread per process: on a shared 2-core machine two OpenMP threads thrash. AutoAttack runs on the raw
-	@# last-epoch weights, the ones final.top1 describes (a 10-epoch checkpoint average still lags behind them).
-	@test -f $(DATA_DIR)/digits/dataset_dict.json || $(PY) -m dkl_train.data prepare --dataset digits --data-dir $(DATA_DIR)
-	rm -rf $(DEMO_RUNS)/adv
-	@for method in trades ikl; do \
-	  $(LAUNCH) --cpu --num_cpu_threads_per_process 1 $(LAUNCH_ARGS) recipes/adv/train.py --config $(DEMO_ADV)/digits_$$method.yaml \
-	    data_dir=$(DATA_DIR) output_dir=$(DEMO_RUNS)/adv/$$method $(DEMO_ADV_ARGS) $(ARGS) || exit 1; \
-	  $(LAUNCH) --cpu --num_cpu_threads_per_process 1 $(LAUNCH_ARGS) recipes/adv/eval.py run_dir=$(DEMO_RUNS)/adv/$$method \
-	    data_dir=$(DATA_DIR) subset=200 batch_size=200 'weights=[raw]' $(DEMO_EVAL_ARGS) $(EVAL_ARGS) || exit 1; \
-	done
+# --- the demo: every recipe on digits, on this CPU ---------------------------------------------------
+# Ten short runs -- KD: teacher, student alone, KD and IKL students; adversarial: TRADES and IKL-AT, each then
+# AutoAttacked; SSL: FixMatch and FixMatch-IKL -- two at a time (one per core), then the report and one table,
+# compared with the README's sample.
+DEMO_RUNS ?= runs/demo
+# Extra overrides per recipe; the test suite runs the demo with one epoch per stage this way:
+# DEMO_KD_ARGS="epochs=1 warmup_epochs=0" ... Any of them (or ARGS/EVAL_ARGS) changes the runs, so the
+# table is then not compared with the README's.
+DEMO_KD_ARGS ?=
+DEMO_SSL_ARGS ?=
+DEMO_ADV_ARGS ?=
+DEMO_EVAL_ARGS ?=
+# The demo pins its own launch, whatever LAUNCH_ARGS or a saved `accelerate config` say: one CPU process
+# (--cpu also stops accelerate from reading its config file) with one thread (two OpenMP threads per run
+# thrash on two shared cores), fp32, no dynamo; so its table is the same on every run of a given machine.
+# accelerate-launch is `accelerate launch` without the imports of the CLI's other commands (~3 s per run).
+DEMO_LAUNCH := $(VENV)/bin/accelerate-launch --cpu --num_machines 1 --num_processes 1 \
+  --num_cpu_threads_per_process 1 --mixed_precision no --dynamo_backend no
+DEMO_OVERRIDDEN = $(strip $(foreach v,DEMO_KD_ARGS DEMO_SSL_ARGS DEMO_ADV_ARGS DEMO_EVAL_ARGS ARGS EVAL_ARGS,$(if $(strip $($(v))),$(v))))
+DEMO_LOGS = $(DEMO_RUNS)/logs
+DEMO_KD_TEACHER := $(DEMO_RUNS)/kd/teacher_resnet14/model.pth
+.PHONY: demo demo-kd demo-ssl demo-adv demo-table demo-data
+.PHONY: demo-kd-teacher demo-kd-student demo-kd-kd demo-kd-ikl demo-ssl-fixmatch demo-ssl-fixmatch_ikl
+.PHONY: demo-adv-trades demo-adv-ikl demo-aa-trades demo-aa-ikl
 
-# The SSL and adversarial parts use one thread per process, so make runs them side by side on the two cores
-# (-j2; about 3 minutes saved). The adversarial part keeps the terminal and its progress bars, SSL's output
-# goes to $(DEMO_RUNS)/ssl.log. Both stay make's children, so Ctrl-C stops both and a failure fails the demo.
-demo: demo-kd ## Run every recipe on digits on this CPU (about 6 minutes on 2 cores, plus the first install) and print the results side by side
-	@mkdir -p $(DEMO_RUNS)
-	@echo "SSL runs alongside the adversarial part on the second core; follow it with: tail -f $(DEMO_RUNS)/ssl.log"
-	@$(MAKE) --no-print-directory -j2 demo-adv demo-ssl-logged
-	@$(PY) -m dkl_train.report $(DEMO_RUNS)
-	@$(PY) -m dkl_train.demo $(DEMO_RUNS)
+# $(call demo_run,RECIPE/NAME,FOLDER_TO_CLEAR,COMMAND[,RUN_FOLDER]): one run of the demo. Its output goes to
+# $(DEMO_LOGS)/RECIPE_NAME.log (two runs share the terminal); the terminal gets one line when it starts and one,
+# with its figures, when it ends, or the end of the log when it fails.
+define demo_run
+@mkdir -p $(DEMO_LOGS); $(if $(2),rm -rf $(2);) log=$(DEMO_LOGS)/$(subst /,_,$(1)).log; start=$$(date +%s); \
+echo "  start $(1)  (log: $$log)"; \
+if ( set -x; $(3) ) > $$log 2>&1; then \
+  echo "  done  $(1) in $$(( $$(date +%s) - start )) s: $$($(PY) -m dkl_train.demo --summary $(or $(2),$(4)))"; \
+else tail -n 30 $$log; echo "FAILED $(1): the whole log is $$log"; exit 1; fi
+endef
+# $(call demo_kd,RUN,CONFIG_SUFFIX,EXTRA) and the same for the other recipes: one training run of the demo.
+demo_kd = $(call demo_run,kd/$(1),$(DEMO_RUNS)/kd/$(1),$(DEMO_LAUNCH) recipes/kd/train.py \
+  --config recipes/kd/configs/digits_$(2).yaml data_dir=$(DATA_DIR) output_dir=$(DEMO_RUNS)/kd/$(1) $(3) $(DEMO_KD_ARGS) $(ARGS))
+demo_ssl = $(call demo_run,ssl/$(1),$(DEMO_RUNS)/ssl/$(1),$(DEMO_LAUNCH) recipes/ssl/train.py \
+  --config recipes/ssl/configs/digits_$(1).yaml data_dir=$(DATA_DIR) output_dir=$(DEMO_RUNS)/ssl/$(1) $(DEMO_SSL_ARGS) $(ARGS))
+demo_adv = $(call demo_run,adv/$(1),$(DEMO_RUNS)/adv/$(1),$(DEMO_LAUNCH) recipes/adv/train.py \
+  --config recipes/adv/configs/digits_$(1).yaml data_dir=$(DATA_DIR) output_dir=$(DEMO_RUNS)/adv/$(1) $(DEMO_ADV_ARGS) $(ARGS))
+# AutoAttack (standard) on the first DEMO_AA_IMAGES test images, on the raw last-epoch weights: the ones final.top1
+# describes (a checkpoint average over so few epochs still lags behind them).
+DEMO_AA_IMAGES := 100
+demo_aa = $(call demo_run,adv/$(1)_autoattack,,$(DEMO_LAUNCH) recipes/adv/eval.py run_dir=$(DEMO_RUNS)/adv/$(1) \
+  data_dir=$(DATA_DIR) subset=$(DEMO_AA_IMAGES) batch_size=$(DEMO_AA_IMAGES) 'weights=[raw]' $(DEMO_EVAL_ARGS) $(EVAL_ARGS),$(DEMO_RUNS)/adv/$(1))
 
-.PHONY: demo-ssl-logged
-demo-ssl-logged:
-	@$(MAKE) --no-print-directory demo-ssl > $(DEMO_RUNS)/ssl.log 2>&1 || \
-	  { tail -c 3000 $(DEMO_RUNS)/ssl.log; echo; echo "demo-ssl failed: see $(DEMO_RUNS)/ssl.log"; exit 1; }
-	@echo "SSL part done (log: $(DEMO_RUNS)/ssl.log)"
+demo-data: install
+	@test -f $(DATA_DIR)/digits/dataset_dict.json || \
+	  HF_DATASETS_DISABLE_PROGRESS_BARS=1 $(PY) -m dkl_train.data prepare --dataset digits --data-dir $(DATA_DIR)
+
+demo-kd-teacher: demo-data
+	$(call demo_kd,teacher_resnet14,teacher_resnet14_ce)
+demo-kd-student: demo-data
+	$(call demo_kd,student_resnet8_ce,student_resnet8_ce)
+demo-kd-kd: demo-kd-teacher
+	$(call demo_kd,resnet14_resnet8_kd,resnet14_resnet8_kd,teacher_checkpoint=$(DEMO_KD_TEACHER))
+demo-kd-ikl: demo-kd-teacher
+	$(call demo_kd,resnet14_resnet8_ikl,resnet14_resnet8_ikl,teacher_checkpoint=$(DEMO_KD_TEACHER))
+demo-ssl-fixmatch demo-ssl-fixmatch_ikl: demo-ssl-%: demo-data
+	$(call demo_ssl,$*)
+demo-adv-trades demo-adv-ikl: demo-adv-%: demo-data
+	$(call demo_adv,$*)
+demo-aa-trades demo-aa-ikl: demo-aa-%: demo-adv-%
+	$(call demo_aa,$*)
+
+demo-kd: demo-kd-student demo-kd-kd demo-kd-ikl ## KD part of the demo on digits: teacher, student alone, KD and IKL students
+demo-ssl: demo-ssl-fixmatch demo-ssl-fixmatch_ikl ## SSL part of the demo on digits: FixMatch vs FixMatch-IKL, 5 labels per class
+demo-adv: demo-aa-trades demo-aa-ikl ## Adversarial part of the demo on digits: TRADES vs IKL-AT, each AutoAttacked
+
+# `make demo` runs the ten runs in two lanes, one per core, of about equal length (measured here: 182 s and
+# 174 s), so that neither core idles at the end (make -j2 alone does not start the longest chains first):
+#   lane 1: IKL-AT, its AutoAttack, FixMatch, the KD student, the student alone;
+#   lane 2: the teacher, FixMatch-IKL, TRADES, its AutoAttack, the IKL student.
+# The order comes from order-only prerequisites set only inside `make demo` (DEMO_LANES=1), so `make demo-ssl`
+# and the like still run just their own runs.
+ifdef DEMO_LANES
+demo-aa-ikl: | demo-data
+demo-ssl-fixmatch: | demo-aa-ikl
+demo-kd-kd: | demo-ssl-fixmatch
+demo-kd-student: | demo-kd-kd
+demo-ssl-fixmatch_ikl: | demo-kd-teacher
+demo-adv-trades: | demo-ssl-fixmatch_ikl
+demo-kd-ikl: | demo-aa-trades
+endif
+demo: install ## Every recipe on digits on this CPU, two runs at a time (about 3 minutes on 2 cores), then one table
+	@rm -rf $(DEMO_RUNS)/kd $(DEMO_RUNS)/ssl $(DEMO_RUNS)/adv $(DEMO_LOGS)
+	@echo "Ten short runs on the digits dataset, two at a time; each one's output is in $(DEMO_LOGS)/."
+	@$(MAKE) --no-print-directory -j2 DEMO_LANES=1 demo-kd-student demo-kd-ikl
+	@$(PY) -m dkl_train.report $(DEMO_RUNS) > $(DEMO_LOGS)/report.log || { cat $(DEMO_LOGS)/report.log; exit 1; }
+	@echo "Report and plots: $(DEMO_RUNS)/REPORT.md"
+	@$(PY) -m dkl_train.demo $(DEMO_RUNS) --readme README.md $(if $(DEMO_OVERRIDDEN),--overridden $(DEMO_OVERRIDDEN))
 
 demo-table: ## Print the table of the demo runs (reads runs/demo/**/results.json, or DEMO_RUNS=...)
 	@$(PY) -m dkl_train.demo $(DEMO_RUNS)
+
+# --- whole paper tables: every config of one table over seeds (dkl_train.sweep) ----------------
+# A table is every training config of recipes/<task>/configs with one `dataset` (`make sweep-list` shows them).
+# Finished runs (results.json with the headline statistic) are skipped, interrupted ones resumed; the run
+# folders are those of reproduce-*: $(RUNS)/<task>/<config>/seed<N>. The table goes to $(RUNS)/<task>/TABLE_<table>.md.
+# SUBMIT=slurm writes a SLURM array script (one task per config x seed, requeued when pre-empted or out of
+# time) and prints its sbatch command; SUBMIT=none only rewrites the table. SBATCH_ARGS adds #SBATCH options.
+TABLE ?=
+SUBMIT ?= local
+SBATCH_ARGS ?=
+SWEEP = $(PY) -m dkl_train.sweep
+SWEEP_OPTS = --table "$(TABLE)" --runs "$(RUNS)" --submit "$(SUBMIT)" --launch "$(LAUNCH) $(LAUNCH_ARGS)" \
+  --python "$(PY)" --args "$(ARGS)" --sbatch "$(SBATCH_ARGS)"
+.PHONY: sweep-kd sweep-adv sweep-ssl sweep-list
+
+sweep-kd: install ## A whole KD table over seeds, then teacher -> student x method: TABLE=cifar100|imagenet|digits SEEDS="0 1 2" [SUBMIT=slurm|none]
+	$(SWEEP) kd $(SWEEP_OPTS) --seeds "$(KD_SEEDS)"
+
+sweep-adv: install ## A whole adversarial table (train + AutoAttack), clean / robust per method: TABLE=cifar10|cifar100|digits SEEDS="0" [SUBMIT=slurm|none]
+	$(SWEEP) adv $(SWEEP_OPTS) --seeds "$(ADV_SEEDS)" --eval-args "$(EVAL_ARGS)"
+
+sweep-ssl: install ## A whole SSL table over seeds, setting x method: TABLE=cifar100|digits SEEDS="0 1 2" [SUBMIT=slurm|none]
+	$(SWEEP) ssl $(SWEEP_OPTS) --seeds "$(SSL_SEEDS)"
+
+sweep-list: install ## List the tables of every recipe (TABLE=...) and the configs in each
+	@for task in kd adv ssl; do echo "== $$task"; $(SWEEP) $$task --list || exit 1; done

@@ -1,6 +1,6 @@
 """One IKL-AT training step vs one TRADES step: same model, same batch, same attack, same AWP.
 
-Target (issue 5): an IKL-AT step costs at most 1.05x a TRADES step on CPU. Both steps are the
+Target: an IKL-AT step costs at most 1.05x a TRADES step on CPU. Both steps are the
 recipe's own (``recipes/adv/train.py``: :func:`step_loss` = attack in eval mode, AWP perturbation,
 natural + adversarial forward, loss, class-prior update; then backward, SGD step, AWP restore),
 with the CIFAR-10 setting's attack (the KL/sCE term alone, 5 steps of eps/2, the released "high"

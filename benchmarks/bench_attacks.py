@@ -1,6 +1,6 @@
 """PGD with k steps vs k forward+backward passes of the same model on the same batch.
 
-Target (issue 3): PGD-k costs at most 1.15x k forward+backward passes. The baseline is the
+Target: PGD-k costs at most 1.15x k forward+backward passes. The baseline is the
 least work any k-step gradient attack must do: k times (forward, cross-entropy, backward to the
 *input* only) with the model in eval mode and its parameters frozen. The candidates are
 ``dkl_core.attacks.pgd`` with the CE loss (with and without the input checks, which add one

@@ -1,6 +1,6 @@
 """Cost of one KD training step: IKL-KD vs Hinton KD, and the Accelerate-driven step vs a bare PyTorch step.
 
-Targets (issue 4), on CPU: one IKL-KD step (resnet32x4 -> resnet8x4, batch 64, 32x32, class prior on)
+Targets, on CPU: one IKL-KD step (resnet32x4 -> resnet8x4, batch 64, 32x32, class prior on)
 costs at most 1.05x one KD step; the step as ``dkl_train.training.Run.train_epoch`` drives it
 (Accelerate's ``accumulate``/``backward``, the non-finite check, the bookkeeping) costs at most 1.05x
 a hand-written PyTorch step doing the same work. With ``--device cuda``: images/s of ResNet34 ->

@@ -1,6 +1,6 @@
 """Forward+backward time and peak extra memory of ikl_loss / gkl_loss vs plain KL and the pairwise form.
 
-Targets (issue 2): ikl/gkl at most 1.5x plain KL at every size; at least 1000x faster than the
+Targets: ikl/gkl at most 1.5x plain KL at every size; at least 1000x faster than the
 pairwise B x C x C formulation at (64, 1000); peak extra memory linear in B*C.
 Usage: ``python -m benchmarks --only losses [--device cuda] [--dtype bfloat16]``.
 """

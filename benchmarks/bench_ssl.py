@@ -1,6 +1,6 @@
 """Training iterations per second of FixMatch-IKL vs FixMatch: forward, loss, backward, optimiser step, EMA update.
 
-Target (issue 6): on CPU with the digits config, a FixMatch-IKL iteration costs at most 1.05x a FixMatch
+Target: on CPU with the digits config, a FixMatch-IKL iteration costs at most 1.05x a FixMatch
 iteration (the IKL consistency is O(B*C), small next to the network). With ``--device cuda``: ViT-S/2
 at the paper's batch (8 labeled + 8 unlabeled x 2 views, CIFAR-100) under bf16 autocast.
 Data loading is left out (it is the same for both). Both models start from the same weights.

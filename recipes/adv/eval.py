@@ -55,21 +55,21 @@ class EvalConfig:
     checkpoint_key: str | None = None  # container key of that file when not found automatically
     checkpoint_prefix: str | None = None  # a prefix every key carries ("0." for a Sequential(Normalize, net))
     model: str = "wrn_34_10"  # checkpoint mode: the architecture
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # checkpoint mode: architecture options
     dataset: str = "cifar10"  # checkpoint mode: the test set
     data_dir: str | None = None  # default: the run's data_dir ("data" in checkpoint mode)
     output_dir: str | None = None  # checkpoint mode: where results.json goes (default runs/adv/eval/<file stem>)
     weights: list[str] = field(default_factory=lambda: list(WEIGHT_LABELS))  # run mode: which ones (if present)
     eps: float | None = None  # default: the run's eps (8/255 in checkpoint mode)
-    norm: Literal["Linf", "L2"] = "Linf"
-    version: Literal["standard", "plus", "rand"] = "standard"
+    norm: Literal["Linf", "L2"] = "Linf"  # AutoAttack's threat model
+    version: Literal["standard", "plus", "rand"] = "standard"  # AutoAttack's attack set
     batch_size: int = 250  # images per AutoAttack chunk (per process)
-    seed: int = 0
+    seed: int = 0  # seed of AutoAttack's random parts
     subset: int = 0  # evaluate the first N test images only (0 = the whole test set)
     resume: bool = True  # skip chunks already recorded in the progress files
     paper_clean: float | None = None  # checkpoint mode: the published numbers, reported alongside
-    paper_autoattack: float | None = None
-    notes: str = ""
+    paper_autoattack: float | None = None  # checkpoint mode: the published AutoAttack accuracy
+    notes: str = ""  # free text kept in results.json
 
     def validate(self) -> None:
         if (self.run_dir is None) == (self.checkpoint is None):

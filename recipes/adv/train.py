@@ -11,7 +11,7 @@ adversarial images, both carrying gradients; ``y`` = labels; every loss from dkl
 - ``trades``: ``CE(t, y) + trades_beta * KL(t || s)`` (Zhang et al. 2019).
 - ``pgd_at``: ``CE(s, y)`` (Madry et al. 2018).
 
-Each step (recipes.md section 2): the attack of the epoch (``eps_t = eps * epoch / epochs`` with
+Each step: the attack of the epoch (``eps_t = eps * epoch / epochs`` with
 the step budget ``budget``) runs with the model in eval mode on the attack loss (``attack_loss``:
 ``auto`` = sCE/KL alone for CIFAR-10 and digits, sCE + wMSE with prior weights for CIFAR-100, CE
 for pgd_at); from epoch ``awp_warmup_epochs`` the weights are perturbed by AWP before the update
@@ -24,19 +24,21 @@ the released script makes its last branch win), ``high`` (what that script *inte
 steps over the four quarters), ``low`` (2 steps of ``eps_t``), ``fixed`` (``attack_steps`` steps of
 ``attack_step_size``; the TRADES/Madry baselines, usually with ``eps_ramp: false``).
 
-Augmentation: ``basic`` (crop + flip) or ``autoaug`` (a second view with torchvision's AutoAugment
-CIFAR-10 policy; both views are attacked, the augmented half of the loss is weighted ``autoaug_weight``).
+Augmentation: ``basic`` (crop + flip) or ``autoaug`` (a second view: crop, flip, then torchvision's
+AutoAugment CIFAR-10 policy with grey fill; both views are attacked; natural CE over both views,
+the augmented view's adversarial term weighted ``autoaug_weight``; class prior from the basic view).
 
 Weight averaging: ``checkpoint_average`` reproduces how the released models were made, the
 exponential average over per-epoch weights ``avg_i = 0.1 * theta_i + 0.9 * avg_{i-1}`` (BN buffers
 included), kept as a running average so it needs no per-epoch checkpoints on disk; ``ema_decay > 0``
-adds the in-loop EMA (0.9996 in the released code, whose result was never saved). Both are saved
+adds an in-loop EMA (the released scripts keep one with 0.9996 from 3/4 of the run; only the
+TRADES script saves it). Both are saved
 in checkpoints and written as ``model_avg.pth`` / ``model_ema.pth`` next to ``model.pth``;
 ``recompute_bn`` re-estimates their BN statistics on the natural training images.
 
-Per-epoch validation: clean top-1 on the test set, and clean + PGD-20 accuracy on
-``robust_val_size`` images held out of the *training* set (never the test set), so robust
-overfitting shows up while it happens. Robustness claims come from ``recipes/adv/eval.py``
+Per-epoch validation: clean top-1 on the test set, and (opt-in, ``robust_val_size > 0``) clean +
+PGD-20 accuracy on ``robust_val_size`` images held out of the *training* set (never the test set),
+so robust overfitting shows up while it happens; the released runs train on all 50,000 images. Robustness claims come from ``recipes/adv/eval.py``
 (AutoAttack).
 """
 
@@ -76,56 +78,59 @@ MODEL_FILES = {"raw": "model.pth", "checkpoint_average": "model_avg.pth", "ema":
 
 @dataclass
 class AdvConfig(BaseConfig):
-    """Settings of one adversarial-training run (``mse_weight``/``ce_weight`` as in losses.md, never alpha/beta)."""
+    """Settings of one adversarial-training run (``mse_weight``/``ce_weight``: the released scripts' beta/alpha)."""
 
-    # --- the recipes.md section 2 defaults (CIFAR-10 WRN-34-10 IKL-AT) ---
+    # --- defaults: CIFAR-10 WRN-34-10 IKL-AT ---
     dataset: str = "cifar10"
     epochs: int = 200
     batch_size: int = 128
     lr: float = 0.2
     weight_decay: float = 5e-4
-    lr_schedule: Literal["multistep", "cosine", "constant"] = "cosine"
+    # cosine_shifted: lr/2 (1 + cos(pi e / (E + 1))), 1-based e, the released DKL scripts' formula; cosine:
+    # lr/2 (1 + cos(pi (e - 1) / E)), the released TRADES script's (dkl_train.training.learning_rate)
+    lr_schedule: Literal["multistep", "cosine", "cosine_shifted", "constant"] = "cosine"
     keep_checkpoints: int = 1
-    method: Literal["ikl", "gkl", "trades", "pgd_at"] = "ikl"
+    method: Literal["ikl", "gkl", "trades", "pgd_at"] = "ikl"  # ikl / gkl, or the trades / pgd_at baselines
     model: str = "wrn_34_10"  # wrn_34_10 | wrn_28_10_silu | any dkl_train.models name (digits: resnet8)
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # architecture options for create_model
     # --- loss ---
     mse_weight: float = 20.0  # ikl/gkl wMSE weight (released code: beta)
     ce_weight: float = 3.0  # ikl/gkl soft cross-entropy weight (released code: alpha)
-    prior_temperature: float = 4.0  # T of the class prior's softmax (the "T" of recipes.md's table)
+    prior_temperature: float = 4.0  # T of the class prior's softmax (the released scripts' --T)
     gamma: float = 1.0  # gkl: prior ** gamma
     compile_loss: bool = False  # the outer ikl/gkl loss through torch.compile (fewer kernels on a GPU)
     trades_beta: float = 6.0  # trades: KL weight
     # --- attack used for training ---
-    eps: float = 8 / 255
+    eps: float = 8 / 255  # L-inf radius of the training attack
     eps_ramp: bool = True  # eps_t = eps * epoch / epochs (released code); false: eps from the first epoch
-    budget: Literal["high_as_released", "high", "low", "fixed"] = "high_as_released"
+    budget: Literal["high_as_released", "high", "low", "fixed"] = "high_as_released"  # attack steps and step size
     attack_steps: int = 10  # budget=fixed only
     attack_step_size: float = 2 / 255  # budget=fixed only
     attack_loss: Literal["auto", "kl", "ikl", "ce"] = "auto"  # auto: see the module docstring
     random_start: Literal["normal", "uniform", "none"] = "normal"  # normal: x + 0.001 N(0, 1) (released code)
+    project_start: bool = True  # false: first gradient at the unprojected normal start (released code)
     # --- adversarial weight perturbation ---
-    awp: bool = True
-    awp_gamma: float = 0.005
+    awp: bool = True  # adversarial weight perturbation
+    awp_gamma: float = 0.005  # AWP: size of the weight perturbation relative to the weights
     awp_warmup_epochs: int = 10  # AWP from this (1-based) epoch on
     awp_lr: float | None = None  # proxy ascent learning rate; None = lr (released code)
     # --- augmentation ---
-    augmentation: Literal["basic", "autoaug"] = "basic"
+    augmentation: Literal["basic", "autoaug"] = "basic"  # basic: crop + flip; autoaug: adds an AutoAugment view
     autoaug_weight: float = 0.3  # weight of the AutoAugment half of the loss
     # --- weight averaging ---
     checkpoint_average: bool = True  # the released models: exponential average over per-epoch weights
-    average_new_weight: float = 0.1
+    average_new_weight: float = 0.1  # checkpoint_average: weight of each new epoch's weights
     average_start_epoch: int = 1  # first (1-based) epoch whose weights enter the average
     ema_decay: float = 0.0  # in-loop EMA after every optimiser step (0 = off; released code 0.9996)
     recompute_bn: bool = False  # re-estimate BN statistics of averaged weights on natural training images
     recompute_bn_batches: int = 0  # batches per process for that (0 = one epoch)
     # --- per-epoch robust validation on a held-out part of the training set ---
-    robust_val_size: int = 1000  # images held out of the training set (0 = off)
+    robust_val_size: int = 0  # images held out of the training set (0 = off: train on all of it, as released)
     robust_val_every: int = 1  # epochs between validations (the last epoch always)
     robust_val_steps: int = 20  # PGD-20 (cross-entropy, step eps/4)
     # --- what the config should reproduce (copied into results.json; eval.py reports next to them) ---
-    paper_clean: float | None = None
-    paper_autoattack: float | None = None
+    paper_clean: float | None = None  # the paper's clean accuracy for this config
+    paper_autoattack: float | None = None  # the paper's AutoAttack accuracy for this config
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -156,13 +161,31 @@ class TwoViews:
         return {"image": self.basic(image), "image_aug": self.augmented(image)}
 
 
+AUTOAUG_FILL = 128  # grey fill of the geometric AutoAugment ops (the released policy's fill colour)
+
+
+def autoaugment_view(basic: v2.Compose) -> v2.Compose:
+    """``basic``'s crop and flip, then the AutoAugment CIFAR-10 policy (fill 128), then the tensor conversion.
+
+    The released pipeline's order: the policy sees the cropped, flipped image, so its rotations and
+    translations fill with grey next to the crop's black padding.
+    """
+    steps = list(basic.transforms)
+    at = next(i for i, step in enumerate(steps) if isinstance(step, v2.ToImage))
+    policy = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10, fill=AUTOAUG_FILL)
+    return v2.Compose([*steps[:at], policy, *steps[at:]])
+
+
 def train_transform(config: AdvConfig, spec: Any) -> Callable[[Any], Any]:
-    """Crop + flip in [0, 1]; with ``autoaug`` also a crop + flip + AutoAugment(CIFAR-10 policy) view."""
-    basic = build_transform(spec, train=True, augment=config.augment, normalize=False)
+    """Crop + flip; with ``autoaug`` also a crop + flip + AutoAugment(CIFAR-10 policy) view.
+
+    The views are ``uint8``; the loader scales them to [0, 1] on the device (``build_datasets(normalize=False)``),
+    where the attacks work (a model that wants normalised input normalises internally).
+    """
+    basic = build_transform(spec, train=True, augment=config.augment, normalize=False, output="uint8")
     if config.augmentation == "basic":
         return basic
-    augmented = v2.Compose([v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10), basic])
-    return TwoViews(basic, augmented)
+    return TwoViews(basic, autoaugment_view(basic))
 
 
 def split_validation(train_set: TransformedDataset, size: int, seed: int = 0) -> tuple[TransformedDataset, Any]:
@@ -176,9 +199,7 @@ def split_validation(train_set: TransformedDataset, size: int, seed: int = 0) ->
         raise ConfigError(f"robust_val_size={size} leaves no training images (the training set has {len(train_set)})")
     order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed)).tolist()
     keep, held = sorted(order[size:]), sorted(order[:size])
-    return TransformedDataset(train_set.data.select(keep), train_set.transform, train_set.seed), train_set.data.select(
-        held
-    )
+    return train_set.select(keep), train_set.data.select(held)
 
 
 def validation_tensors(held_out: Any, spec: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,12 +253,36 @@ def adversarial_images(
     return pgd(
         model, images, labels, eps=schedule.eps, step_size=schedule.step_size, steps=schedule.steps,
         norm="linf", loss=loss, random_start=config.random_start, init_scale=0.001, eval_mode=True,
-        check_inputs=False,
+        check_inputs=False, project_start=config.project_start,
     )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
 # The training loss
+
+
+def robust_term(
+    config: AdvConfig,
+    natural_logits: torch.Tensor | None,
+    adversarial_logits: torch.Tensor,
+    labels: torch.Tensor,
+    prior_weights: torch.Tensor | None,
+) -> torch.Tensor:
+    """The adversarial term of ``config.method``: ``trades_beta * KL``, the weighted ikl/gkl loss, or ``CE(s, y)``."""
+    if config.method == "pgd_at":
+        return F.cross_entropy(adversarial_logits.float(), labels)
+    if config.method == "trades":
+        return config.trades_beta * kl_loss(adversarial_logits, natural_logits)
+    common = dict(
+        mse_weight=config.mse_weight,
+        ce_weight=config.ce_weight,
+        temperature=1.0,
+        weights=prior_weights,
+        compiled=config.compile_loss,
+    )
+    if config.method == "ikl":
+        return ikl_loss(adversarial_logits, natural_logits, **common)
+    return gkl_loss(adversarial_logits, natural_logits, gamma=config.gamma, **common)
 
 
 def robust_loss(
@@ -247,25 +292,11 @@ def robust_loss(
     labels: torch.Tensor,
     prior_weights: torch.Tensor | None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The loss of ``config.method`` from the logits, and its detached terms (for logging)."""
+    """The loss of ``config.method`` on one view, ``CE(t, y) + term`` (pgd_at: the term), and its detached terms."""
+    term = robust_term(config, natural_logits, adversarial_logits, labels, prior_weights)
     if config.method == "pgd_at":
-        ce = F.cross_entropy(adversarial_logits.float(), labels)
-        return ce, {"ce_adv": ce.detach()}
+        return term, {"ce_adv": term.detach()}
     ce = F.cross_entropy(natural_logits.float(), labels)
-    if config.method == "trades":
-        term = config.trades_beta * kl_loss(adversarial_logits, natural_logits)
-    else:
-        common = dict(
-            mse_weight=config.mse_weight,
-            ce_weight=config.ce_weight,
-            temperature=1.0,
-            weights=prior_weights,
-            compiled=config.compile_loss,
-        )
-        if config.method == "ikl":
-            term = ikl_loss(adversarial_logits, natural_logits, **common)
-        else:
-            term = gkl_loss(adversarial_logits, natural_logits, gamma=config.gamma, **common)
     return ce + term, {"ce": ce.detach(), config.method: term.detach()}
 
 
@@ -280,27 +311,35 @@ def training_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
     """Forward passes and loss; returns ``(loss, terms, natural logits)``.
 
-    The natural and adversarial images go through separate forward passes (BN batch statistics of
-    each kind apart, as TRADES and the released code do). With ``halves == 2`` the batch holds the
-    basic and the AutoAugment view; the loss is ``loss(basic) + autoaug_weight * loss(augmented)``.
+    The adversarial and the natural images go through separate forward passes, adversarial first as
+    in the released code (BN batch statistics of each kind apart; in train mode the running
+    statistics end each step on the natural batch). With ``halves == 2`` the batch holds the basic
+    and the AutoAugment view, as released: the natural CE is the mean over the whole doubled batch,
+    and only the adversarial term of the augmented half is weighted,
+    ``CE(t, y) + term(basic) + autoaug_weight * term(augmented)`` (pgd_at: the weighted CE terms).
     """
-    natural_logits = None if config.method == "pgd_at" else model(natural)
     adversarial_logits = model(adversarial)
+    natural_logits = None if config.method == "pgd_at" else model(natural)
     if halves == 1:
         loss, terms = robust_loss(config, natural_logits, adversarial_logits, labels, prior_weights)
         return loss, terms, natural_logits
-    total, terms = None, {}
+    terms: dict[str, torch.Tensor] = {}
+    total = None
+    if natural_logits is not None:
+        total = F.cross_entropy(natural_logits.float(), labels)
+        terms["ce"] = total.detach()
+    name = "ce_adv" if config.method == "pgd_at" else config.method
     for half, weight in enumerate((1.0, config.autoaug_weight)):
         part = slice(half * labels.shape[0] // 2, (half + 1) * labels.shape[0] // 2)
-        loss, parts = robust_loss(
+        term = robust_term(
             config,
             None if natural_logits is None else natural_logits[part],
             adversarial_logits[part],
             labels[part],
             None if prior_weights is None else prior_weights[part],
         )
-        total = weight * loss if total is None else total + weight * loss
-        terms.update({f"{name}{'_aug' if half else ''}": value for name, value in parts.items()})
+        total = weight * term if total is None else total + weight * term
+        terms[f"{name}{'_aug' if half else ''}"] = term.detach()
     return total, terms, natural_logits
 
 
@@ -329,14 +368,17 @@ def step_loss(
         adversarial = adversarial_images(config, net, images, labels, schedule, prior)
     weights = prior.weights(labels) if uses_prior else None
     if awp is not None:
+        # The proxy ascends the loss of the whole (possibly doubled) batch as one, unweighted: the
+        # released AWP step does not split the views.
         with autocast():
             direction = awp.compute(
-                lambda proxy: training_loss(config, proxy, images, adversarial, labels, weights, halves)[0]
+                lambda proxy: training_loss(config, proxy, images, adversarial, labels, weights, 1)[0]
             )
         awp.perturb(direction)
     loss, terms, natural_logits = training_loss(config, model, images, adversarial, labels, weights, halves)
     if uses_prior:
-        prior.update(natural_logits.detach().float(), labels)
+        basic = slice(0, labels.shape[0] // halves)  # the class prior sees the basic view only (as released)
+        prior.update(natural_logits[basic].detach().float(), labels[basic])
     return loss, terms
 
 

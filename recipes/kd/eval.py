@@ -13,10 +13,11 @@ import argparse
 from pathlib import Path
 
 from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
 from dkl_recipe_kd.train import KDConfig  # the recipe's schema (this folder is the installed package)
 
-from dkl_train.config import ConfigError, load_config
-from dkl_train.data import build_datasets, make_loader
+from dkl_train.config import ConfigError, accelerator_precision, load_config
+from dkl_train.data import DeviceLoader, build_datasets, make_loader
 from dkl_train.results import write_json_atomic
 from dkl_train.training import evaluate
 
@@ -37,11 +38,15 @@ def main(argv: list[str] | None = None) -> None:
 
     from dkl_train.models import create_model
 
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    accelerator = Accelerator(
+        mixed_precision=accelerator_precision(config.mixed_precision),
+        dataloader_config=DataLoaderConfiguration(non_blocking=True),
+    )
     _, test_set, spec = build_datasets(config)
     model = create_model(config.student, spec.num_classes, checkpoint=str(weights), **config.student_kwargs)
-    loader = accelerator.prepare(
-        make_loader(test_set, config.eval_batch_size, train=False, num_workers=config.num_workers)
+    loader = DeviceLoader(  # uint8 batches, normalised on the device (as in training)
+        accelerator.prepare(make_loader(test_set, config.eval_batch_size, train=False, num_workers=config.num_workers)),
+        test_set.batch_transform,
     )
     metrics = evaluate(model.to(accelerator.device), loader, accelerator, progress="eval")
     if accelerator.is_main_process:

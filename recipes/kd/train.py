@@ -44,13 +44,13 @@ class TeacherError(RuntimeError):
 
 @dataclass
 class KDConfig(BaseConfig):
-    """Settings of one distillation run (names follow losses.md: ``mse_weight``/``ce_weight``, never alpha/beta)."""
+    """Settings of one distillation run (``mse_weight``/``ce_weight`` are the released code's beta/alpha)."""
 
-    method: Literal["ce", "kd", "dkd", "ikl", "gkl"] = "ikl"
+    method: Literal["ce", "kd", "dkd", "ikl", "gkl"] = "ikl"  # the training loss (see the module docstring)
     student: str = "resnet8x4"  # the model trained (with method=ce: the teacher being trained)
     student_kwargs: dict[str, Any] = field(default_factory=dict)  # architecture options for create_model
-    teacher: str | None = "resnet32x4"
-    teacher_kwargs: dict[str, Any] = field(default_factory=dict)
+    teacher: str | None = "resnet32x4"  # the teacher's model name (not needed with method=ce)
+    teacher_kwargs: dict[str, Any] = field(default_factory=dict)  # architecture options of the teacher
     teacher_checkpoint: str | None = None  # mdistiller format {"model": state_dict}, or our model.pth
     teacher_pretrained: bool = False  # timm:<name> teachers: timm's pretrained weights
     temperature: float = 4.0  # T of the KD / DKD / sCE terms
@@ -210,7 +210,7 @@ def train(config: KDConfig) -> dict[str, Any]:
 
     run = Run(config)
     if teacher is not None:
-        teacher.to(run.device)
+        run.place_model(teacher)  # not prepared: frozen, no gradients to synchronise
 
     optimizer = build_optimizer(config, student.parameters())
     student, optimizer = run.prepare(student, optimizer)

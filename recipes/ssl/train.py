@@ -10,13 +10,17 @@ Per iteration: a labeled batch ``(x, y)`` of ``batch_size`` images and an unlabe
 
 - ``fixmatch``: ``t`` = logits of the weak view, ``s`` = logits of the strong view, one forward pass
   over ``[labeled, weak, strong]`` (USB's ``use_cat``).
-  ``consistency=ce``: ``-sum_j softmax(S(t)/T)_j log softmax(s)_j`` (soft pseudo-labels sharpened with
-  ``pseudo_temperature`` 0.5; ``hard_label=true`` gives the one-hot argmax instead).
+  ``consistency=ce``: ``-sum_j q_j log softmax(s)_j`` with pseudo-label ``q`` chosen by ``pseudo_label``:
+  ``soft`` (default) ``q = softmax(S(t))``, the weak view's probabilities unchanged, which is what the
+  released FixMatch ran (its config names ``T: 0.5``, but it hands probabilities to a pseudo-label
+  step that then skips the sharpening); ``sharpened`` ``q = softmax(S(t) / pseudo_temperature)``;
+  ``hard`` the one-hot argmax (USB's stock FixMatch config).
 - ``meanteacher``: ``t`` = logits of the EMA model (``ema_decay`` 0.999, under ``no_grad``) on one weak
   view, ``s`` = logits of the model on a second weak view (as USB: MeanTeacher's "strong" view is a
   weak one). ``consistency=mse``: ``mean_j (softmax(s)_j - softmax(S(t))_j)^2``. The mask is the DKL
-  authors' addition (upstream USB has none); ``unsup_warmup`` is USB's linear ramp of the
-  unsupervised weight over that fraction of the iterations.
+  authors' addition (upstream USB has none). ``unsup_warmup`` is USB's linear ramp of the
+  unsupervised weight over that fraction of the iterations; it defaults to 0 (no ramp), as the
+  released MeanTeacher ran: its loss leaves the ramp factor commented out.
 - ``consistency=ikl``: dkl-core's ``ikl_loss(s, t, reduction="none")`` per sample: ``mse_weight * wMSE
   + ce_weight * sCE(ikl_temperature)`` with weights ``softmax(t / weight_temperature)``. In FixMatch
   ``t`` is *not* detached (the weak and strong views share one forward pass, and the released code let
@@ -26,7 +30,8 @@ Per iteration: a labeled batch ``(x, y)`` of ``batch_size`` images and an unlabe
 
 The rest is USB's protocol: a seeded ``labels_per_class`` draw from the training set (every training
 image stays in the unlabeled set), weak view = RandomCrop(pad 1/8, reflect) + flip, strong view = weak
-+ RandAugment + Cutout (torchvision's RandomErasing), AdamW with layer-wise lr decay from timm's
++ USB's RandAugment (``randaugment_ops`` ops, each magnitude drawn over the op's whole range) + Cutout
+(:class:`dkl_train.randaugment.USBRandAugment`), AdamW with layer-wise lr decay from timm's
 optimizer factory, linear warm-up then USB's cosine (``cos(7 pi/16 * progress)``) per iteration, an
 EMA of the weights evaluated next to the model every ``eval_every_iters`` iterations (best and last
 test accuracy of both). Two additions USB's users asked for: ``val_per_class`` holds out a labeled
@@ -60,12 +65,19 @@ from dkl_train.averaging import ema_model
 from dkl_train.config import BaseConfig, ConfigError, parse_config
 from dkl_train.data import (
     DatasetSpec,
+    DeviceLoader,
+    DeviceNormalize,
+    ImageOutput,
     TransformedDataset,
     build_transform,
+    ignore_stop_signals,
     labeled_subset_indices,
     load_splits,
+    resolve_num_workers,
     sample_seed,
+    tensor_steps,
 )
+from dkl_train.randaugment import USBRandAugment
 from dkl_train.training import Run, evaluate, set_learning_rate
 
 METHODS = ("fixmatch", "meanteacher")
@@ -84,39 +96,42 @@ class PretrainedError(RuntimeError):
 class SSLConfig(BaseConfig):
     """One semi-supervised run. Batch sizes are global; ``epochs`` and ``eval_every`` are derived (periods)."""
 
-    method: Literal["fixmatch", "meanteacher"] = "fixmatch"
+    method: Literal["fixmatch", "meanteacher"] = "fixmatch"  # the SSL algorithm
     consistency: Literal["ce", "mse", "ikl"] = "ce"  # ce: FixMatch's, mse: MeanTeacher's, ikl: dkl-core's
-    model: str = "vit_small_patch2_32"
-    model_kwargs: dict[str, Any] = field(default_factory=lambda: {"drop_path_rate": 0.2})
+    model: str = "vit_small_patch2_32"  # the backbone (a dkl_train.models name)
+    model_kwargs: dict[str, Any] = field(default_factory=lambda: {"drop_path_rate": 0.2})  # create_model options
     pretrained: str | None = None  # USB's vit_small_patch2_32_mlp_im_1k_32.pth (weights under "model")
     # --- data split ---
-    labels_per_class: int = 2
+    labels_per_class: int = 2  # labeled training images per class
     val_per_class: int = 0  # held-out labeled validation images per class (0 = none, USB's protocol)
     uratio: int = 1  # unlabeled batch = uratio * batch_size
     # --- schedule (iterations, as USB) ---
-    iterations: int = 204_800
-    eval_every_iters: int = 2_048
-    warmup_iters: int = 5_120
+    iterations: int = 204_800  # optimiser steps of the whole run
+    eval_every_iters: int = 2_048  # iterations per period (evaluation and checkpoint)
+    warmup_iters: int = 5_120  # linear learning-rate warm-up, in iterations
     lr_cycles: float = 7 / 16  # USB's cosine: lr * max(0, cos(pi * lr_cycles * progress))
     layer_decay: float | None = 0.5  # timm's layer-wise lr decay (null: one lr for every layer)
     stop_after_iters: int = 0  # stop (after a checkpoint) here without finishing: tests of resume
     # --- SSL losses ---
     unsup_weight: float = 1.0  # USB's ulb_loss_ratio
-    unsup_warmup: float = 0.0  # linear ramp of unsup_weight over this fraction of the iterations (USB MT: 0.4)
+    # Linear ramp of unsup_weight over this fraction of the iterations: USB's MeanTeacher option (its
+    # configs: 0.4); 0 = off, as the released MeanTeacher ran.
+    unsup_warmup: float = 0.0
     p_cutoff: float = 0.95  # confidence mask threshold on the target's softmax
-    pseudo_temperature: float = 0.5  # FixMatch ce: sharpening of the soft pseudo-labels
-    hard_label: bool = False  # FixMatch ce: one-hot pseudo-labels instead of sharpened soft ones
+    # FixMatch ce targets: soft = softmax(t) (the released code), sharpened = softmax(t / pseudo_temperature),
+    # hard = one-hot argmax (USB's stock config).
+    pseudo_label: Literal["soft", "sharpened", "hard"] = "soft"
+    pseudo_temperature: float = 0.5  # T of pseudo_label=sharpened (FixMatch's 0.5)
     ema_decay: float = 0.999  # EMA model (MeanTeacher's teacher; evaluated next to the model)
-    # --- IKL consistency (names as losses.md; released code: alpha = ce_weight, beta = mse_weight) ---
-    mse_weight: float = 1.0
-    ce_weight: float = 1.0
+    # --- IKL consistency (dkl-core's names; released code: alpha = ce_weight, beta = mse_weight) ---
+    mse_weight: float = 1.0  # ikl: wMSE weight (released code: beta)
+    ce_weight: float = 1.0  # ikl: soft cross-entropy weight (released code: alpha)
     ikl_temperature: float = 1.0  # T of the sCE term
     weight_temperature: float = 1.0  # T2 of the weights softmax(t / T2)
     detach_weights: bool = False  # false: as the released code ran (paper numbers); true: the paper's formula
-    # --- strong augmentation ---
-    randaugment_ops: int = 3
-    randaugment_magnitude: int = 9  # torchvision's fixed magnitude (USB draws one per op; see README)
-    cutout: float = 0.5  # Cutout side up to this fraction of the image side (USB: 0.5)
+    # --- strong augmentation: USB's RandAugment (each op's magnitude drawn over its whole range) + Cutout ---
+    randaugment_ops: int = 3  # ops per image, drawn with replacement (USB: 3)
+    cutout: float = 0.5  # Cutout side U(0, cutout) x the image width, always applied (USB: 0.5; 0: none)
     paper_top1: float | None = None  # the paper's number this config should reproduce
     # --- BaseConfig defaults for this recipe ---
     dataset: str = "cifar100"
@@ -145,6 +160,12 @@ class SSLConfig(BaseConfig):
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.pseudo_temperature <= 0:
+            raise ConfigError(f"pseudo_temperature must be > 0, got {self.pseudo_temperature}")
+        if not 0.0 <= self.cutout <= 1.0:
+            raise ConfigError(f"cutout is a fraction of the image width in [0, 1] (USB: 0.5), got {self.cutout}")
+        if self.randaugment_ops < 0:
+            raise ConfigError(f"randaugment_ops must be >= 0 (USB: 3), got {self.randaugment_ops}")
         if self.stop_after_iters and self.stop_after_iters % self.eval_every_iters:
             raise ConfigError(
                 f"stop_after_iters={self.stop_after_iters} must be a multiple of eval_every_iters="
@@ -186,35 +207,32 @@ def split_indices(labels: list[int], labels_per_class: int, val_per_class: int =
     return Split(labeled, validation, unlabeled)
 
 
-def weak_transform(spec: DatasetSpec) -> v2.Compose:
-    """USB's weak view: RandomCrop with reflect padding of 1/8 of the side (4 px at 32), horizontal flip."""
+def weak_transform(spec: DatasetSpec, *, output: ImageOutput = "float") -> v2.Compose:
+    """USB's weak view: RandomCrop with reflect padding of 1/8 of the side (4 px at 32), horizontal flip.
+
+    ``output="uint8"`` (training) leaves scaling and normalisation to the device (``DeviceNormalize``).
+    """
     size = spec.image_size
     return v2.Compose(
         [
             v2.RandomCrop(size, padding=size // 8, padding_mode="reflect"),
             v2.RandomHorizontalFlip(),
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(spec.mean), std=list(spec.std)),
+            *tensor_steps(spec, output=output),
         ]
     )
 
 
-def strong_transform(spec: DatasetSpec, config: SSLConfig) -> v2.Compose:
-    """USB's strong view: the weak view + RandAugment + Cutout (a grey square of side up to ``cutout`` x the image)."""
+def strong_transform(spec: DatasetSpec, config: SSLConfig, *, output: ImageOutput = "float") -> v2.Compose:
+    """USB's strong view: the weak view's crop and flip, then USB's RandAugment and Cutout on the PIL image."""
     size = spec.image_size
-    steps: list[Any] = [
-        v2.RandomCrop(size, padding=size // 8, padding_mode="reflect"),
-        v2.RandomHorizontalFlip(),
-        v2.RandAugment(num_ops=config.randaugment_ops, magnitude=config.randaugment_magnitude),
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-    ]
-    if config.cutout > 0:
-        # USB pastes a grey square whose side is U(0, cutout) x the image side: area up to cutout^2.
-        steps.append(v2.RandomErasing(p=1.0, scale=(0.01, config.cutout**2), ratio=(1.0, 1.0), value=0.5))
-    steps.append(v2.Normalize(mean=list(spec.mean), std=list(spec.std)))
-    return v2.Compose(steps)
+    return v2.Compose(
+        [
+            v2.RandomCrop(size, padding=size // 8, padding_mode="reflect"),
+            v2.RandomHorizontalFlip(),
+            USBRandAugment(num_ops=config.randaugment_ops, cutout=config.cutout),
+            *tensor_steps(spec, output=output),
+        ]
+    )
 
 
 class TwoViews:
@@ -281,22 +299,33 @@ class SSLData:
 
 
 def build_data(config: SSLConfig) -> SSLData:
-    """Load the prepared dataset and build the labeled, unlabeled, validation and test sets with their views."""
+    """Load the prepared dataset and build the labeled, unlabeled, validation and test sets with their views.
+
+    Every view ends in ``uint8``; the loaders normalise the batches on the device.
+    """
     train, test, spec = load_splits(config)
     split = split_indices(list(train["label"]), config.labels_per_class, config.val_per_class, config.seed)
-    evaluation = build_transform(spec, train=False)
+    evaluation = build_transform(spec, train=False, output="uint8")
     if config.augment:
-        weak = weak_transform(spec)
-        second = weak if config.method == "meanteacher" else strong_transform(spec, config)
+        weak = weak_transform(spec, output="uint8")
+        second = weak if config.method == "meanteacher" else strong_transform(spec, config, output="uint8")
     else:  # exactness tests: no randomness in the data at all
         weak = second = evaluation
+    normalise = DeviceNormalize.for_spec(spec)
     return SSLData(
-        labeled=TransformedDataset(train.select(split.labeled), weak, seed=config.seed),
+        labeled=TransformedDataset(train.select(split.labeled), weak, seed=config.seed, batch_transform=normalise),
         unlabeled=TransformedDataset(
-            train.select(split.unlabeled), TwoViews(weak, second), seed=config.seed + UNLABELED_SEED_OFFSET
+            train.select(split.unlabeled),
+            TwoViews(weak, second),
+            seed=config.seed + UNLABELED_SEED_OFFSET,
+            batch_transform=normalise,
         ),
-        validation=TransformedDataset(train.select(split.validation), evaluation) if split.validation else None,
-        test=TransformedDataset(test, evaluation),
+        validation=(
+            TransformedDataset(train.select(split.validation), evaluation, batch_transform=normalise)
+            if split.validation
+            else None
+        ),
+        test=TransformedDataset(test, evaluation, batch_transform=normalise),
         split=split,
         spec=spec,
     )
@@ -304,15 +333,16 @@ def build_data(config: SSLConfig) -> SSLData:
 
 def iteration_loader(
     dataset: TransformedDataset, global_batch: int, run: Run, *, seed: int, start: int, stop: int
-) -> DataLoader:
-    """A loader that yields this process's part of the batches of iterations ``[start, stop)``, in order."""
+) -> DeviceLoader:
+    """A loader that yields this process's part of the batches of iterations ``[start, stop)``, in order,
+    copied to the device without blocking and normalised there."""
     accelerator = run.accelerator
     sampler = IterationSampler(
         len(dataset), global_batch, seed=seed, start=start, stop=stop,
         rank=accelerator.process_index, num_processes=accelerator.num_processes,
     )  # fmt: skip
-    workers = run.config.num_workers
-    return DataLoader(
+    workers = resolve_num_workers(run.config.num_workers)
+    loader = DataLoader(
         dataset,
         batch_size=sampler.local_batch,
         sampler=sampler,
@@ -323,7 +353,9 @@ def iteration_loader(
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if workers else None,
+        worker_init_fn=ignore_stop_signals,  # pre-emption signals are the training process's to handle
     )
+    return run.device_loader(loader, dataset, copy=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -401,10 +433,12 @@ def consistency_loss(
     """``mean_b(mask_b * loss_b)`` over the whole unlabeled batch, ``loss_b`` chosen by ``config.consistency``."""
     s, t = student_logits.float(), target_logits.float()
     if config.consistency == "ce":
-        if config.hard_label:
+        if config.pseudo_label == "hard":
             targets = F.one_hot(t.detach().argmax(dim=1), s.shape[1]).float()
-        else:
+        elif config.pseudo_label == "sharpened":
             targets = torch.softmax(t.detach() / config.pseudo_temperature, dim=1)
+        else:  # soft: the probabilities that also set the mask, unchanged
+            targets = torch.softmax(t.detach(), dim=1)
         per_sample = -(targets * F.log_softmax(s, dim=1)).sum(dim=1)
     elif config.consistency == "mse":
         per_sample = (torch.softmax(s, dim=1) - torch.softmax(t.detach(), dim=1)).pow(2).mean(dim=1)
@@ -462,10 +496,6 @@ def ssl_loss(
 
 # ----------------------------------------------------------------------------------------------
 # Training
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def evaluate_both(model: nn.Module, ema: nn.Module, loader: Any, run: Run) -> dict[str, float]:
@@ -567,17 +597,19 @@ def _train_period(
     accelerator = run.accelerator
     model.train()
     unwrapped = accelerator.unwrap_model(model)
-    sums: dict[str, torch.Tensor] = {}
-    started = time.perf_counter()
-    images = 0
-    bar = tqdm(range(begin, end), desc=f"iterations {begin}-{end}", leave=False, disable=not run.is_main_process)
+    period = begin // config.eval_every_iters
+    progress = run.resumed_progress(period) or {}  # resumed inside the period
+    sums: dict[str, torch.Tensor] = progress.get("sums", {})
+    started = time.perf_counter() - progress.get("seconds", 0.0)
+    images = progress.get("images", 0)
+    first = run.state.global_step if progress else begin  # the streams start at global_step too
+    bar = tqdm(range(first, end), desc=f"iterations {begin}-{end}", leave=False, disable=not run.is_main_process)
     for iteration in bar:
-        labeled, unlabeled = next(streams)
-        labeled, unlabeled = _to_device(labeled, run.device), _to_device(unlabeled, run.device)
+        labeled, unlabeled = next(streams)  # on the device, normalised (iteration_loader)
         set_learning_rate(optimizer, learning_rate(config, iteration))
         with accelerator.autocast():
             loss, terms = ssl_loss(config, model, teacher, labeled, unlabeled, iteration)
-        run.check_finite(loss, terms, iteration // config.eval_every_iters)
+        run.watch_loss(loss, terms)  # on the device; read at logging steps and at the end of the period
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -587,10 +619,16 @@ def _train_period(
         for name, value in {"loss": loss.detach(), **terms}.items():
             sums[name] = sums.get(name, 0.0) + value.float()
         if run.state.global_step % config.log_every == 0:
+            run.raise_if_nonfinite(period)
             values = {"train/loss_step": float(loss.detach()), "train/lr": learning_rate(config, iteration)}
             values |= {f"train/{k}_step": float(v) for k, v in terms.items()}
             accelerator.log(values, step=run.state.global_step)
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}", mask=f"{float(terms['mask_ratio']):.2f}")
+        if run.stop_requested():  # SIGTERM/SIGUSR1: checkpoint this iteration and exit
+            run.raise_if_nonfinite(period)  # never checkpoint weights a bad step has touched
+            progress = {"sums": sums, "images": images, "seconds": time.perf_counter() - started}
+            run.preempt(period, progress)
+    run.raise_if_nonfinite(period)
     seconds = time.perf_counter() - started
     names = sorted(sums)
     means = accelerator.reduce(torch.stack([sums[n] for n in names]) / max(end - begin, 1), reduction="mean")

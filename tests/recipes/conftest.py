@@ -37,10 +37,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_command(script: str | Path, *args: str, processes: int = 1) -> list[str]:
-    """The `accelerate launch` command line for ``processes`` CPU processes (gloo when 2+)."""
+def launch_command(script: str | Path, *args: str, processes: int = 1, threads: int | None = None) -> list[str]:
+    """The `accelerate launch` command line for ``processes`` CPU processes (gloo when 2+).
+
+    ``threads`` per process defaults to the two cores' worth: 2 for one process, 1 each for two. A test that
+    compares a one-process run with a two-process run bit for bit passes ``threads=1``: CPU kernels round
+    differently with another thread count, and training amplifies that over a few steps.
+    """
+    threads = threads or (1 if processes > 1 else 2)
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no"]
-    command += ["--dynamo_backend", "no", "--num_cpu_threads_per_process", "1" if processes > 1 else "2"]
+    command += ["--dynamo_backend", "no", "--num_cpu_threads_per_process", str(threads)]
     if processes > 1:
         command += ["--multi_gpu", "--num_processes", str(processes), "--main_process_port", str(_free_port())]
     else:
@@ -80,13 +86,20 @@ def launched_runs(argv: list[str]) -> tuple[Path, list[str], list[str]]:
 
 @pytest.fixture
 def launch() -> Callable[..., subprocess.CompletedProcess]:
-    """``launch(script, *args, processes=1, expect_failure=False)`` -> CompletedProcess (stdout+stderr merged).
+    """``launch(script, *args, processes=1, threads=None, expect_failure=False)`` -> CompletedProcess (merged output).
 
     Fails the test with the output's tail when the exit status is not the expected one.
     """
 
-    def run(script: str | Path, *args: str, processes: int = 1, expect_failure: bool = False, timeout: float = 600):
-        return run_launch(launch_command(script, *args, processes=processes), expect_failure, timeout)
+    def run(
+        script: str | Path,
+        *args: str,
+        processes: int = 1,
+        threads: int | None = None,
+        expect_failure: bool = False,
+        timeout: float = 600,
+    ):
+        return run_launch(launch_command(script, *args, processes=processes, threads=threads), expect_failure, timeout)
 
     return run
 

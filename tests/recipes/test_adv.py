@@ -22,7 +22,11 @@ TINY = ["epochs=1", "max_steps_per_epoch=2", "batch_size=16", "eval_subset=32", 
         "robust_val_size=24", "robust_val_steps=2", "awp_warmup_epochs=1", "ema_decay=0.5", "log_every=1",
         "log_step_losses=true"]  # fmt: skip
 METHODS = ["ikl", "gkl", "trades", "pgd_at"]
-EXTRA = {"gkl": ["gamma=0.5", "augmentation=autoaug"], "pgd_at": ["random_start=uniform"]}
+EXTRA = {
+    "gkl": ["gamma=0.5", "augmentation=autoaug"],
+    "trades": ["project_start=false", "lr_schedule=cosine_shifted"],  # the released start and cosine
+    "pgd_at": ["random_start=uniform"],
+}
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Independent, straightforward implementations of every formula in shared/spec/losses.md.
+"""Independent, straightforward implementations of every loss formula of dkl-core (KL, DKL, IKL, GKL, DKD, class prior).
 
 Deliberately naive: the pairwise ``B x C x C`` form of the weighted MSE, probabilities and logs taken
 literally. dkl-core must match these in float64, values and gradients.

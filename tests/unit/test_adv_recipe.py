@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,12 +14,13 @@ from dkl_recipe_adv.train import (
     epoch_attack,
     resolved_attack_loss,
     robust_loss,
+    step_loss,
     training_loss,
 )
 from torch import nn
 
-from dkl_core import ClassPrior, ikl_loss, kl_loss
-from dkl_core.attacks import inner_maximization
+from dkl_core import ClassPrior, gkl_loss, ikl_loss, kl_loss
+from dkl_core.attacks import AttackSchedule, inner_maximization
 from dkl_train.averaging import exponential_checkpoint_average
 from dkl_train.config import ConfigError, build_config
 
@@ -115,16 +118,117 @@ def test_compiled_loss_equals_eager():
         torch.testing.assert_close(compiled, eager)
 
 
-def test_autoaug_half_is_weighted():
+@pytest.mark.parametrize("method,gamma", [("ikl", 1.0), ("gkl", 0.4)])
+def test_autoaug_loss_is_the_released_one(method, gamma):
+    # natural CE over the whole doubled batch; adversarial terms per view (GKL's mass normalised per
+    # view), only the augmented view's weighted
     model = _tiny_model()
     x, x_adv, y = torch.rand(8, 3, 4, 4), torch.rand(8, 3, 4, 4), torch.randint(0, 5, (8,))
-    w = torch.full((8, 5), 0.2)
-    config = AdvConfig(method="ikl", autoaug_weight=0.3)
+    w = torch.softmax(torch.randn(5, 5), dim=1)[y]
+    config = AdvConfig(method=method, gamma=gamma, autoaug_weight=0.3, ce_weight=4.0)
     both, terms, _ = training_loss(config, model, x, x_adv, y, w, halves=2)
-    first, _, _ = training_loss(config, model, x[:4], x_adv[:4], y[:4], w[:4], halves=1)
-    second, _, _ = training_loss(config, model, x[4:], x_adv[4:], y[4:], w[4:], halves=1)
-    assert torch.allclose(both, first + 0.3 * second)
-    assert {"ce", "ikl", "ce_aug", "ikl_aug"} == set(terms)
+    t, s = model(x), model(x_adv)
+    term = gkl_loss if method == "gkl" else ikl_loss
+    extra = {"gamma": gamma} if method == "gkl" else {}
+
+    def view(part: slice) -> torch.Tensor:
+        return term(s[part], t[part], mse_weight=20.0, ce_weight=4.0, weights=w[part], **extra)
+
+    expected = F.cross_entropy(t, y) + view(slice(0, 4)) + 0.3 * view(slice(4, 8))
+    torch.testing.assert_close(both, expected)
+    assert {"ce", method, f"{method}_aug"} == set(terms)
+
+
+class _Recorder(nn.Module):
+    """Records which inputs each forward pass saw (train-mode passes only: the attack runs in eval mode)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.seen = inner, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.seen.append(x.detach().clone())
+        return self.inner(x)
+
+
+def test_adversarial_forward_comes_first():
+    # BN running statistics end each step on the natural batch, as in the released scripts
+    model = _Recorder(_tiny_model()).train()
+    x, x_adv, y = torch.rand(4, 3, 4, 4), torch.rand(4, 3, 4, 4), torch.randint(0, 5, (4,))
+    training_loss(AdvConfig(method="trades"), model, x, x_adv, y, None, halves=1)
+    assert len(model.seen) == 2 and torch.equal(model.seen[0], x_adv) and torch.equal(model.seen[1], x)
+
+
+class _RecordingAWP:
+    """Stands in for AdversarialWeightPerturbation: keeps the proxy loss and the inputs it saw, perturbs nothing."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.proxy = _Recorder(model).train()
+        self.loss: torch.Tensor | None = None
+
+    def compute(self, loss_fn):
+        self.loss = loss_fn(self.proxy)
+        return {}
+
+    def perturb(self, direction) -> None:
+        pass
+
+
+def test_autoaug_step_prior_from_basic_view_and_unweighted_awp_proxy():
+    model = _tiny_model()
+    config = AdvConfig(method="ikl", dataset="cifar100", augmentation="autoaug", autoaug_weight=0.3)
+    basic, augmented, y = torch.rand(4, 3, 4, 4), torch.rand(4, 3, 4, 4), torch.tensor([0, 1, 2, 0])
+    prior = ClassPrior(5, temperature=4.0)
+    prior.update(torch.randn(8, 5), torch.randint(0, 5, (8,)))
+    prior.end_epoch()
+    weights = prior.weights(torch.cat([y, y]))
+    awp = _RecordingAWP(model)
+    schedule = AttackSchedule(eps=EPS, step_size=EPS / 2, steps=2)
+    batch = {"image": basic, "image_aug": augmented, "label": y}
+    step_loss(config, model, model, batch, schedule, prior, awp)
+    adversarial, natural = awp.proxy.seen
+    assert torch.equal(natural, torch.cat([basic, augmented])) and adversarial.shape == natural.shape
+    # AWP's proxy ascends CE + ikl over the doubled batch as one, without the view weight
+    t, s, labels = model(natural), model(adversarial), torch.cat([y, y])
+    expected = F.cross_entropy(t, labels) + ikl_loss(s, t, mse_weight=20.0, ce_weight=3.0, weights=weights)
+    torch.testing.assert_close(awp.loss, expected)
+    # the class prior accumulated the basic view only
+    reference = ClassPrior(5, temperature=4.0)
+    reference.update(model(basic), y)
+    prior.end_epoch()
+    reference.end_epoch()
+    torch.testing.assert_close(prior.prior, reference.prior)
+
+
+def test_autoaugment_view_crops_and_flips_first_then_fills_grey():
+    from dkl_recipe_adv.train import AUTOAUG_FILL, TwoViews, train_transform
+    from torchvision.transforms import v2
+
+    from dkl_train.data import get_spec
+
+    views = train_transform(AdvConfig(dataset="cifar100", augmentation="autoaug"), get_spec("cifar100"))
+    assert isinstance(views, TwoViews)
+    kinds = [type(step) for step in views.augmented.transforms]
+    assert kinds[:3] == [v2.RandomCrop, v2.RandomHorizontalFlip, v2.AutoAugment], kinds
+    policy = views.augmented.transforms[2]
+    assert policy.policy == v2.AutoAugmentPolicy.CIFAR10 and policy.fill == AUTOAUG_FILL == 128
+    assert [type(step) for step in views.basic.transforms][:2] == [v2.RandomCrop, v2.RandomHorizontalFlip]
+
+
+def test_released_cosine_formulas():
+    import math
+
+    from dkl_train.training import learning_rate
+
+    shifted = AdvConfig(lr=0.2, epochs=200, lr_schedule="cosine_shifted")
+    # the released DKL scripts: lr/2 (1 + cos(pi e / (E + 1))) for 1-based e, set once per epoch
+    for epoch in (0, 99, 199):
+        expected = 0.1 * (1 + math.cos(math.pi * (epoch + 1) / 201))
+        assert learning_rate(shifted, epoch) == pytest.approx(expected, rel=1e-12)
+    # the released TRADES script: lr/2 (1 + cos(pi (e - 1) / E)), our "cosine"
+    plain = AdvConfig(lr=0.2, epochs=200, lr_schedule="cosine")
+    assert [learning_rate(plain, e) for e in (0, 100)] == [pytest.approx(0.2), pytest.approx(0.1)]
 
 
 def test_running_checkpoint_average_equals_offline_average():
@@ -156,23 +260,78 @@ def test_config_rejects_inconsistent_settings():
         build_config(AdvConfig, {"mse_wieght": 1.0})
 
 
-def test_every_config_loads_and_states_its_target():
-    from pathlib import Path
+CONFIGS = Path(__file__).parents[2] / "recipes" / "adv" / "configs"
 
+
+def _config(name: str) -> AdvConfig:
+    from dkl_train.config import load_config
+
+    return load_config(AdvConfig, CONFIGS / f"{name}.yaml")
+
+
+def test_every_config_loads_and_states_its_target():
     from dkl_recipe_adv.eval import EvalConfig
 
     from dkl_train.config import load_config
 
-    configs = sorted((Path(__file__).parents[2] / "recipes" / "adv" / "configs").glob("*.yaml"))
-    assert len(configs) >= 12
+    configs = sorted(CONFIGS.glob("*.yaml"))
+    assert len(configs) >= 20
     for path in configs:
         text = path.read_text()
         assert text.startswith("# ") and "# Reproduces:" in text and "# Run:" in text, path.name
+        assert "shared/" not in text and "released weights" not in text, path.name
         if path.name.startswith("eval_"):
             config = load_config(EvalConfig, path, ["checkpoint=x.pt"])
         else:
             config = load_config(AdvConfig, path)
+        if not path.name.startswith("digits_"):
+            assert "# Time:" in text and "H200" in text, path.name  # run time from the measured throughput
         assert hasattr(config, "paper_autoattack"), path.name
-    default = load_config(AdvConfig, configs[0].parent / "cifar10_wrn34_ikl.yaml")
+    default = _config("cifar10_wrn34_ikl")
     assert (default.paper_clean, default.paper_autoattack) == (85.31, 57.13)
     assert (default.ce_weight, default.mse_weight, default.prior_temperature) == (3.0, 20.0, 4.0)
+
+
+# (config, method, ce/mse/T, gamma, augmentation weight or None) as the released launch scripts ran them
+RELEASED_ROWS = [
+    ("cifar10_wrn34_ikl", "ikl", (3.0, 20.0, 4.0), None, None),  # ce 3: the logged a3_b20_T4
+    ("cifar100_wrn34_ikl", "ikl", (3.0, 20.0, 4.0), None, None),
+    ("cifar100_wrn34_ikl_ce4_t2", "ikl", (4.0, 20.0, 2.0), None, None),
+    ("cifar100_wrn34_ikl_autoaug", "ikl", (4.0, 20.0, 4.0), None, 0.3),  # NeurIPS --gamma 0.3 = view weight
+    ("cifar10_wrn34_gkl", "gkl", (4.0, 20.0, 4.0), 0.2, None),  # T 4: --T 1.0 never reached the script
+    ("cifar100_wrn34_gkl", "gkl", (4.0, 20.0, 1.0), 0.4, None),
+    ("cifar10_wrn34_gkl_autoaug", "gkl", (4.0, 20.0, 4.0), 1.0, 0.5),
+    ("cifar100_wrn34_gkl_autoaug", "gkl", (4.0, 20.0, 4.0), 1.0, 0.5),
+]
+
+
+@pytest.mark.parametrize("name,method,weights,gamma,aug_weight", RELEASED_ROWS)
+def test_released_rows_run_as_released(name, method, weights, gamma, aug_weight):
+    config = _config(name)
+    assert config.method == method
+    assert (config.ce_weight, config.mse_weight, config.prior_temperature) == weights
+    if gamma is not None:
+        assert config.gamma == gamma
+    assert config.augmentation == ("basic" if aug_weight is None else "autoaug")
+    if aug_weight is not None:
+        assert config.autoaug_weight == aug_weight
+    assert (config.epochs, config.lr, config.lr_schedule, config.budget, config.eps_ramp) == (
+        200, 0.2, "cosine_shifted", "high_as_released", True
+    )  # fmt: skip
+    assert config.robust_val_size == 0 and config.project_start is False  # all 50,000 images; unprojected start
+    assert AdvConfig().robust_val_size == 0  # held-out robust validation is opt-in everywhere
+    assert config.awp and config.checkpoint_average and config.average_new_weight == 0.1
+
+
+@pytest.mark.parametrize("dataset,beta", [("cifar10", 6.0), ("cifar100", 9.0)])
+def test_baselines_are_the_named_recipes(dataset, beta):
+    authors = _config(f"{dataset}_wrn34_trades_released")  # train_trades_cifar.py: only the loss differs
+    assert (authors.method, authors.trades_beta, authors.budget, authors.eps_ramp) == (
+        "trades", beta, "high_as_released", True
+    )  # fmt: skip
+    assert authors.awp and authors.checkpoint_average and authors.lr_schedule == "cosine" and authors.lr == 0.2
+    awp = _config(f"{dataset}_wrn34_trades_awp")  # AWP's recipe: fixed eps, 10 steps of 2/255, step decay
+    assert (awp.trades_beta, awp.eps_ramp, awp.attack_steps, awp.lr, awp.lr_schedule, awp.lr_milestones) == (
+        6.0, False, 10, 0.1, "multistep", [99, 149]
+    )  # fmt: skip
+    assert awp.awp and not awp.checkpoint_average

@@ -210,3 +210,51 @@ def test_model_returning_probabilities_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pgd(random_model(0), x, y, eps=0.1, step_size=0.01, steps=1, loss="kl")
+
+
+class _FirstInput(nn.Module):
+    """A linear model that keeps the input of its first forward pass with gradients (the attack's start)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 6 * 6, 5))
+        self.first: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.first is None and x.requires_grad:
+            self.first = x.detach().clone()
+        return self.net(x)
+
+
+@pytest.mark.parametrize("steps", [0, 3])
+def test_unprojected_start_is_where_the_first_gradient_is_taken(steps):
+    # eps below the 0.001 noise (the first epochs of a ramp) and pixels at 0 and 1: the released code
+    # takes its first gradient at x + 0.001 N(0, 1) as drawn, outside the ball and [0, 1].
+    x, y = random_batch(0)
+    x[:, 0] = 0.0
+    x[:, 1] = 1.0
+    eps = 1e-4
+    for project_start in (True, False):
+        model = _FirstInput()
+        g = torch.Generator().manual_seed(1)
+        x_adv = pgd(model, x, y, eps=eps, step_size=eps / 2, steps=steps, loss="kl", generator=g,
+                    project_start=project_start)  # fmt: skip
+        # the result is projected either way, also with no step
+        assert (x_adv - x).abs().max() <= eps + 1e-7 and x_adv.min() >= 0 and x_adv.max() <= 1
+        if steps == 0:
+            continue
+        start = model.first
+        expected = x + 0.001 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+        if project_start:
+            assert torch.equal(start, project(expected, x, eps, "linf"))
+        else:
+            assert torch.equal(start, expected)
+            assert (start - x).abs().max() > eps and start.min() < 0 and start.max() > 1
+
+
+def test_project_start_default_keeps_the_projected_start():
+    x = torch.rand(4, 3, 6, 6)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(initial_point(x, 1e-4, "linf", "normal", generator=g1),
+                       project(initial_point(x, 1e-4, "linf", "normal", generator=g2, project_start=False), x, 1e-4, "linf"))  # fmt: skip

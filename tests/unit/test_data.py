@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
 from dkl_train import data as D
 
@@ -56,18 +57,33 @@ def test_cifar_prepare_renames_hub_columns(tmp_path, monkeypatch):
     assert not (tmp_path / "cifar100.tmp").exists()
 
 
-def test_imagenet_prepare_from_a_local_folder(tmp_path):
-    root = tmp_path / "imagenet"
-    for split in ("train", "val"):
-        for cls, colour in (("n01", 0), ("n02", 255)):
-            (root / split / cls).mkdir(parents=True)
-            for i in range(2):
-                Image.new("L" if i else "RGB", (40, 30), colour).save(root / split / cls / f"{i}.png")
-    D.prepare("imagenet", tmp_path / "data", imagenet_dir=root)
-    loaded = D.load_prepared("imagenet", tmp_path / "data")
-    assert set(loaded) == {"train", "test"} and sorted(loaded["test"]["label"]) == [0, 0, 1, 1]
-    train = D.TransformedDataset(loaded["train"], D.build_transform(D.get_spec("imagenet"), train=True))
-    assert train[0]["image"].shape == (3, 224, 224)  # greyscale files are converted to RGB
+@pytest.mark.parametrize("offline", [False, True], ids=["no-network", "HF_HUB_OFFLINE"])
+def test_unreachable_hub_ends_in_one_message_saying_what_to_do(tmp_path, monkeypatch, capsys, offline):
+    from huggingface_hub.utils import OfflineModeIsEnabled
+
+    def unreachable(name, *args, **kwargs):
+        if offline:  # what datasets raises with HF_HUB_OFFLINE=1 and nothing cached
+            raise OfflineModeIsEnabled("Cannot reach the Hub: offline mode is enabled.")
+        raise ConnectionError(f"Couldn't reach '{name}' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    with pytest.raises(SystemExit) as exit_info:
+        D.main(["prepare", "--dataset", "cifar100", "--data-dir", str(tmp_path)])
+    message = str(exit_info.value.code)
+    assert message.startswith("error: could not reach the Hugging Face Hub for dataset 'uoft-cs/cifar100'")
+    for hint in (
+        "make data DATASET=cifar100",
+        "copy its data/cifar100/ folder",
+        "HF_DATASETS_CACHE",
+        "HF_HUB_OFFLINE=1",
+    ):
+        assert hint in message
+    assert "Traceback" not in capsys.readouterr().err
+    assert not (tmp_path / "cifar100").exists() and not (tmp_path / "cifar100.tmp").exists()
+
+
+def test_imagenet_prepare_needs_the_local_folder(tmp_path):
+    # Indexing itself (layouts, errors, class order) is tested in test_imagenet_index.py.
     with pytest.raises(ValueError, match="IMAGENET_DIR"):
         D.prepare("imagenet", tmp_path / "data")
 
@@ -124,3 +140,81 @@ def test_labeled_subset_is_a_seeded_per_class_draw():
     )
     with pytest.raises(ValueError, match="fewer than per_class"):
         D.labeled_subset_indices(labels, per_class=11)
+
+
+# --- uint8 batches, normalised on the device ----------------------------------------------------
+
+
+@pytest.mark.parametrize("normalize", [True, False], ids=["normalised", "adv-0-1"])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "test"])
+def test_device_normalisation_equals_the_worker_float_path_bit_for_bit(digits, normalize, train):
+    _, splits = digits
+    spec = D.get_spec("digits")
+    rows = splits["train"].select(range(16))
+    float_ds = D.TransformedDataset(rows, D.build_transform(spec, train, normalize=normalize), seed=4)
+    uint8_ds = D.TransformedDataset(rows, D.build_transform(spec, train, normalize=normalize, output="uint8"), seed=4)
+    keys = [(3, i) for i in range(16)]
+    reference = torch.stack([float_ds[k]["image"] for k in keys])
+    raw = torch.stack([uint8_ds[k]["image"] for k in keys])
+    assert raw.dtype == torch.uint8 and reference.dtype == torch.float32
+    batch = D.DeviceNormalize.for_spec(spec, normalize)({"image": raw, "label": torch.arange(16)})
+    assert batch["image"].dtype == torch.float32 and torch.equal(batch["label"], torch.arange(16))
+    assert torch.equal(batch["image"], reference)  # the same float operations: identical bits, not just close
+
+
+def test_device_normalisation_of_cifar_statistics_is_exact_for_every_pixel_value():
+    # All 256 values in every channel, with CIFAR-100's mean/std: the device path equals torchvision's per sample.
+    spec = D.get_spec("cifar100")
+    values = torch.arange(256, dtype=torch.uint8).view(1, 16, 16).expand(3, 16, 16).contiguous()
+    reference = v2.Compose(D.tensor_steps(spec)[1:])(values)
+    normalise = D.DeviceNormalize.for_spec(spec)
+    assert torch.equal(normalise(values[None])[0], reference)
+    assert torch.equal(normalise(reference[None])[0], reference)  # float input passes through
+    with pytest.raises(ValueError, match="both mean and std"):
+        D.DeviceNormalize(mean=(0.5,) * 3)
+
+
+def test_build_datasets_give_uint8_samples_and_loaders_give_the_float_batches(digits):
+    data_dir, splits = digits
+    config = SimpleNamespace(dataset="digits", data_dir=data_dir, seed=0, augment=True, train_subset=24, eval_subset=8)
+    train, test, spec = D.build_datasets(config)
+    assert train[0]["image"].dtype == torch.uint8 and isinstance(train.batch_transform, D.DeviceNormalize)
+    reference = D.TransformedDataset(splits["train"].select(range(24)), D.build_transform(spec, True), seed=0)
+    loader = D.DeviceLoader(
+        D.make_loader(train, 8, train=True, num_workers=0, seed=0), train.batch_transform, device="cpu",
+        channels_last=True,
+    )  # fmt: skip
+    loader.sampler.set_epoch(1)  # the wrapped loader's attributes
+    batches = list(loader)
+    assert len(batches) == len(loader) == 3 and loader.sampler.epoch == 1
+    assert batches[0]["image"].is_contiguous(memory_format=torch.channels_last)
+    expected = torch.stack([reference[(1, int(i))]["image"] for i in batches[0]["index"]])
+    assert torch.equal(batches[0]["image"], expected)
+    assert (
+        D.TransformedDataset(splits["train"], train.transform).select([1, 2]).data["label"]
+        == splits["train"][1:3]["label"]
+    )
+
+
+def test_num_workers_auto_is_this_process_share_of_the_cores(monkeypatch):
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert D.resolve_num_workers("auto") == D.available_workers() == cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores * 2))
+    assert D.available_workers() == 1  # at least one worker each
+    assert D.resolve_num_workers(0) == 0 and D.resolve_num_workers(3) == 3
+    with pytest.raises(ValueError, match="'auto'"):
+        D.resolve_num_workers(-1)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["RandomResizedCrop", "Resize256-CenterCrop224"])
+def test_imagenet_transforms_give_uint8_224_crops_equal_to_the_float_path(train):
+    spec = D.get_spec("imagenet")
+    pixels = np.random.default_rng(0).integers(0, 256, size=(375, 500, 3), dtype=np.uint8)
+    rows = [{"image": Image.fromarray(pixels), "label": 3}]
+    as_uint8 = D.TransformedDataset(rows, D.build_transform(spec, train, output="uint8"), seed=1)[(2, 0)]["image"]
+    as_float = D.TransformedDataset(rows, D.build_transform(spec, train), seed=1)[(2, 0)]["image"]
+    assert as_uint8.dtype == torch.uint8 and as_uint8.shape == (3, 224, 224)
+    assert torch.equal(D.DeviceNormalize.for_spec(spec).images(as_uint8[None])[0], as_float)

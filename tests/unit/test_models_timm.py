@@ -91,3 +91,68 @@ def test_wrong_usb_checkpoint_fails_naming_keys(vit):
         CheckpointMismatchError, match=r"blocks\.0\.mlp\.fc1\.weight: checkpoint \(768, 384\) vs model \(1536, 384\)"
     ):
         load_checkpoint(vit, {"model": pretrained}, fmt="usb")
+
+
+# --- student initialisation of the ImageNet KD runs (mdistiller's / torchvision's) ----------------
+
+
+def test_resnet18_without_zero_init_last_is_torchvision_resnet18():
+    import torchvision  # a dependency of dkl-train
+
+    torch.manual_seed(0)
+    ours = create_model("timm:resnet18", 1000, zero_init_last=False).state_dict()
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18().state_dict()
+    assert list(ours) == list(reference)
+    assert all(torch.equal(ours[k], reference[k]) for k in ours)
+    # timm's default zeroes the last BN of each of the 8 blocks: a different start than the released runs.
+    torch.manual_seed(0)
+    default = create_model("timm:resnet18", 1000).state_dict()
+    assert [k for k, v in default.items() if k.endswith("bn2.weight") and not v.any()] == [
+        k for k in default if k.endswith("bn2.weight")
+    ]
+
+
+def pytorch_default_mobilenetv1(num_classes: int = 1000) -> torch.nn.Module:
+    """MobileNetV1 (ReLU, no skips) in plain torch layers with their default initialisation: the released student."""
+    from torch import nn
+
+    def unit(cin, cout, stride, groups=1, kernel=3):
+        return [
+            nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+        ]
+
+    layers = unit(3, 32, 2)
+    widths = [(32, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1), (256, 512, 2)]
+    widths += [(512, 512, 1)] * 5 + [(512, 1024, 2), (1024, 1024, 1)]
+    for cin, cout, stride in widths:
+        layers += unit(cin, cin, stride, groups=cin) + unit(cin, cout, 1, kernel=1)
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1024, num_classes))
+
+
+def test_mobilenetv1_pytorch_init_equals_a_pytorch_default_network():
+    torch.manual_seed(0)
+    ours = create_model("timm:mobilenetv1_100", 1000, act_layer="relu", init="pytorch")
+    torch.manual_seed(0)
+    reference = pytorch_default_mobilenetv1()
+    ours_params = [p for p in ours.state_dict().values() if p.dtype.is_floating_point]
+    reference_params = [p for p in reference.state_dict().values() if p.dtype.is_floating_point]
+    assert [p.shape for p in ours_params] == [p.shape for p in reference_params]
+    assert all(torch.equal(a, b) for a, b in zip(ours_params, reference_params))
+    ours.eval(), reference.eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(images), reference(images))
+    # timm's own (TensorFlow-style) initialisation is another start.
+    torch.manual_seed(0)
+    timm_init = create_model("timm:mobilenetv1_100", 1000, act_layer="relu")
+    assert not torch.equal(timm_init.conv_stem.weight, ours.conv_stem.weight)
+
+
+def test_pytorch_init_refuses_pretrained_weights(tmp_path):
+    with pytest.raises(ValueError, match="discard"):
+        create_model("timm:resnet18", 1000, pretrained_file=tmp_path / "w.pth", init="pytorch")
+    with pytest.raises(ValueError, match="init must be"):
+        create_model("timm:resnet18", 1000, init="tf")

@@ -1,4 +1,8 @@
-"""`make report`: synthetic results.json files in, correct means/stds and valid PNG plots out."""
+"""`make report`: synthetic results.json files in, headline tables, means/stds and valid PNG plots out.
+
+The payloads mimic what the recipes write (``Run.finish`` and ``recipes/adv/eval.py``): ``best`` keyed
+by the evaluation metric (``top1``, ``ema_top1``), ``final`` from the last evaluation.
+"""
 
 import json
 import math
@@ -8,30 +12,77 @@ from pathlib import Path
 
 from PIL import Image
 
-from dkl_train.report import collect, write_report
+from dkl_train.report import (
+    ADV_HEADLINE,
+    KD_HEADLINE,
+    SSL_HEADLINE,
+    collect,
+    headline_metric,
+    paper_number,
+    write_report,
+)
 
-FINALS = {"kd": [70.0, 71.0, 72.5], "ikl": [72.0, 73.5]}
+# (final top-1, best top-1) per seed: best differs from final so the report must pick the right one.
+KD_RUNS = {"kd": [(70.0, 71.0), (71.0, 71.5), (72.5, 73.0)], "ikl": [(72.0, 73.0), (73.5, 74.5)]}
 PAPER = {"kd": 73.33, "ikl": 76.59}
 
 
-def write_run(root: Path, method: str, seed: int, top1: float) -> None:
-    run = root / "kd_resnet32x4_resnet8x4" / method / f"seed{seed}"
-    run.mkdir(parents=True)
-    history = [{"epoch": e, "train_loss": 2.0 / (e + 1), "test_top1": top1 * (e + 1) / 3} for e in range(3)]
-    results = {
+def kd_result(method: str, seed: int, final: float, best: float, run: Path) -> dict:
+    history = [{"epoch": e, "train_loss": 2.0 / (e + 1), "test_top1": best if e == 1 else final} for e in (1, 2)]
+    return {
         "config": {"method": method, "seed": seed, "output_dir": str(run), "paper_top1": PAPER[method]},
-        "final": {"top1": top1, "top5": top1 + 20},
-        "best": {"test_top1": {"value": top1 + 0.5, "epoch": 2}},
+        "final": {"top1": final, "top5": final + 20, "samples": 10000},
+        "best": {"top1": {"value": best, "epoch": 1}, "top5": {"value": final + 21, "epoch": 2}},
         "history": history,
+        "num_processes": 2,
+        "mixed_precision": "no",
         "wall_clock_s": 10.0,
+        "method": method,
+        "paper_top1": PAPER[method],
     }
-    (run / "results.json").write_text(json.dumps(results))
 
 
-def make_runs(root: Path) -> None:
-    for method, finals in FINALS.items():
-        for seed, top1 in enumerate(finals):
-            write_run(root, method, seed, top1)
+def write(root: Path, parts: tuple[str, ...], payload: dict) -> None:
+    run = root.joinpath(*parts)
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps(payload))
+
+
+def make_kd_runs(root: Path) -> None:
+    for method, runs in KD_RUNS.items():
+        for seed, (final, best) in enumerate(runs):
+            parts = ("kd_resnet32x4_resnet8x4", method, f"seed{seed}")
+            write(root, parts, kd_result(method, seed, final, best, root.joinpath(*parts)))
+
+
+def ssl_result(seed: int) -> dict:
+    return {
+        "config": {"method": "fixmatch", "consistency": "ikl", "seed": seed, "paper_top1": 60.0},
+        "final": {"top1": 55.0 + seed, "ema_top1": 58.0 + seed, "samples": 10000},
+        "best": {"top1": {"value": 56.0 + seed, "epoch": 3}, "ema_top1": {"value": 59.0 + seed, "epoch": 4}},
+        "history": [{"epoch": 1, "test_ema_top1": 50.0}],
+        "split": {"labeled": 200, "validation": 0, "unlabeled": 49800, "labeled_indices": [1, 2]},
+        "num_processes": 1,
+    }
+
+
+def adv_result(robust_average: float, robust_raw: float) -> dict:
+    weights = {"raw": {"clean": 80.0, "robust": robust_raw}, "checkpoint_average": {"robust": robust_average}}
+    return {
+        "config": {"method": "ikl", "attack_loss": "ce", "seed": 0, "paper_clean": 85.0, "paper_autoattack": 57.0},
+        "final": {"top1": 84.0, "autoattack_clean": 85.0, "autoattack_robust": robust_average},
+        "best": {"top1": {"value": 86.0, "epoch": 5}},
+        "autoattack": {
+            "primary": "checkpoint_average",
+            "clean": 85.0,
+            "robust": robust_average,
+            "num_samples": 10000,
+            "seed": 0,
+            "eps": 8 / 255,
+            "paper_autoattack": 57.0,
+            "weights": weights,
+        },  # fmt: skip
+    }
 
 
 def sample_std(values):
@@ -39,8 +90,32 @@ def sample_std(values):
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def test_headline_metric_is_the_released_statistic_per_recipe():
+    # KD: mdistiller's best_acc (max over epochs), not the last epoch.
+    assert headline_metric(kd_result("kd", 0, 70.0, 71.0, Path("r"))) == (KD_HEADLINE, 71.0, 70.0)
+    # SSL: USB's best evaluation accuracy with the EMA weights applied, not the raw model's.
+    assert headline_metric(ssl_result(1)) == (SSL_HEADLINE, 60.0, 59.0)
+    # adv: AutoAttack of the checkpoint-averaged weights, not the raw last epoch's or the clean top-1.
+    assert headline_metric(adv_result(57.5, 55.0)) == (ADV_HEADLINE, 57.5, 57.5)
+    assert paper_number(kd_result("ikl", 0, 1.0, 2.0, Path("r"))) == 76.59
+    assert paper_number(ssl_result(0)) == 60.0
+    assert paper_number(adv_result(57.5, 55.0)) == 57.0
+
+
+def test_headline_metric_of_unfinished_or_bare_runs():
+    # An adversarial run before eval.py: no statistic yet, but it is still an adversarial run.
+    before_eval = adv_result(50.0, 49.0)
+    del before_eval["autoattack"], before_eval["final"]["autoattack_robust"]
+    assert headline_metric(before_eval) == (ADV_HEADLINE, None, None)
+    # AutoAttack of a bare checkpoint: no config, the paper's number travels in the autoattack entry.
+    bare = {"checkpoint": "x.pt", "autoattack": {"robust": 40.0, "paper_autoattack": 41.0, "weights": {}}}
+    assert headline_metric(bare) == (ADV_HEADLINE, 40.0, 40.0)
+    assert paper_number(bare) == 41.0
+    assert headline_metric({"config": {"method": "kd"}, "final": {}, "best": {}}) == (KD_HEADLINE, None, None)
+
+
 def test_runs_are_grouped_by_setting_across_seeds(tmp_path):
-    make_runs(tmp_path)
+    make_kd_runs(tmp_path)
     settings = collect(tmp_path)
     assert [(s.name, len(s.runs)) for s in settings] == [
         ("kd_resnet32x4_resnet8x4/ikl", 2),
@@ -49,25 +124,58 @@ def test_runs_are_grouped_by_setting_across_seeds(tmp_path):
     assert {s.experiment for s in settings} == {"kd_resnet32x4_resnet8x4"}
 
 
-def test_report_has_means_stds_paper_numbers_and_plots(tmp_path):
-    make_runs(tmp_path)
-    report = write_report(tmp_path)
-    text = report.read_text()
-    for method, finals in FINALS.items():
-        mean = sum(finals) / len(finals)
-        row = f"| final_top1 | {mean:.2f} ± {sample_std(finals):.2f} | {len(finals)} | {PAPER[method]:.2f} | {mean - PAPER[method]:+.2f} |"
+def test_report_leads_with_one_headline_table_per_recipe(tmp_path):
+    make_kd_runs(tmp_path)
+    for seed in (0, 1):
+        write(tmp_path, ("ssl", f"seed{seed}"), ssl_result(seed))
+    write(tmp_path, ("adv", "averaged"), adv_result(57.5, 55.0))
+    text = write_report(tmp_path).read_text()
+    for method, runs in KD_RUNS.items():
+        finals, bests = [f for f, _ in runs], [b for _, b in runs]
+        best_mean, final_mean = sum(bests) / len(bests), sum(finals) / len(finals)
+        row = (
+            f"| kd_resnet32x4_resnet8x4/{method} | {len(runs)} | {best_mean:.2f} ± {sample_std(bests):.2f} | "
+            f"{final_mean:.2f} ± {sample_std(finals):.2f} | {PAPER[method]:.2f} | {best_mean - PAPER[method]:+.2f} |"
+        )
         assert row in text, row
-        best = [f + 0.5 for f in finals]
-        assert f"| best_test_top1 | {sum(best) / len(best):.2f} ± {sample_std(best):.2f} |" in text
+    assert "| ssl | 2 | 59.50 ± 0.71 | 58.50 ± 0.71 | 60.00 | -0.50 |" in text
+    assert "| adv/averaged | 1 | 57.50 | 57.50 | 57.00 | +0.50 |" in text
+    # Recipes in a fixed order, each headline table before its details.
+    order = [text.index(f"## {title}") for title in ("Knowledge distillation", "Semi", "Adversarial")]
+    assert order == sorted(order)
+    assert text.index("| setting | runs |") < text.index("<details>")
+    # Bookkeeping is out of the statistics: no seed / process / sample count rows with mean ± std.
+    statistics_part = text.split("<details>")[0]
+    details = text[text.index("<details>") :]
+    for word in ("seed", "num_processes", "samples", "labeled", "eps"):
+        assert not any(line.startswith(f"| {word}") or f"_{word} |" in line for line in text.splitlines()), word
+    assert "| kd_resnet32x4_resnet8x4/kd | 0, 1, 2 | 2 | no | 10000 | 10.00 ± 0.00 |" in details
+    assert "| best_top1 |" in details and "| best_top1 |" not in statistics_part
+
+
+def test_report_plots_the_curves_next_to_their_table(tmp_path):
+    make_kd_runs(tmp_path)
+    text = write_report(tmp_path).read_text()
     plots = list((tmp_path / "plots").glob("*.png"))
-    assert len(plots) == 1 and f"]({plots[0].relative_to(tmp_path)})" in text
+    assert len(plots) == 1
+    link = f"]({plots[0].relative_to(tmp_path)})"
+    assert text.index("| setting | runs |") < text.index(link) < text.index("<details>")
     with Image.open(plots[0]) as image:
         image.verify()
         assert image.format == "PNG" and image.size[0] > 100
 
 
+def test_unevaluated_runs_are_counted_not_averaged(tmp_path):
+    evaluated, pending = adv_result(57.0, 55.0), adv_result(0.0, 0.0)
+    del pending["autoattack"], pending["final"]["autoattack_robust"]
+    write(tmp_path, ("adv", "seed0"), evaluated)
+    write(tmp_path, ("adv", "seed1"), pending | {"config": evaluated["config"] | {"seed": 1}})
+    text = write_report(tmp_path).read_text()
+    assert "| adv | 1 of 2 | 57.00 | 57.00 | 57.00 | +0.00 |" in text
+
+
 def test_cli_and_empty_folder(tmp_path):
-    make_runs(tmp_path / "runs")
+    make_kd_runs(tmp_path / "runs")
     done = subprocess.run(
         [sys.executable, "-m", "dkl_train.report", str(tmp_path / "runs")], capture_output=True, text=True
     )

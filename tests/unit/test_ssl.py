@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,15 +21,20 @@ from dkl_recipe_ssl.train import (
     learning_rate,
     selected_by_validation,
     split_indices,
+    ssl_loss,
     strong_transform,
+    unsup_ramp,
     weak_transform,
 )
 from PIL import Image
 
 from dkl_core import ikl_loss
-from dkl_train.config import ConfigError, build_config
+from dkl_train.config import ConfigError, build_config, load_config
 from dkl_train.data import TransformedDataset, get_spec
+from dkl_train.randaugment import CUTOUT_FILL
 from tests.unit.test_models_published import random_state_dict, usb_vit_small_patch2_32
+
+CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "ssl" / "configs"
 
 
 def digits_labels() -> list[int]:
@@ -84,6 +90,20 @@ def test_weak_and_strong_views_differ_and_are_reproducible_per_sample():
     again = dataset[(2, 1)]
     torch.testing.assert_close(again["strong"], sample["strong"], rtol=0, atol=0)
     assert not torch.equal(dataset[(3, 1)]["weak"], sample["weak"])  # another pass, another draw
+
+
+def test_strong_view_always_carries_usbs_grey_cutout_square():
+    spec = get_spec("cifar100")
+    strong = strong_transform(spec, SSLConfig())
+    black = Image.new("RGB", (32, 32))
+    # On a black image no RandAugment op makes USB's grey: those pixels are the Cutout square.
+    grey = (torch.tensor(CUTOUT_FILL) / 255 - torch.tensor(spec.mean)) / torch.tensor(spec.std)
+    dataset = TransformedDataset([{"image": black, "label": 0}], strong, seed=0)
+    for epoch in range(12):
+        view = dataset[(epoch, 0)]["image"]
+        assert torch.isclose(view, grey.view(3, 1, 1), atol=1e-5).all(dim=0).any(), f"no Cutout in draw {epoch}"
+    no_cutout = TransformedDataset([{"image": black, "label": 0}], strong_transform(spec, SSLConfig(cutout=0.0)))
+    assert not torch.isclose(no_cutout[0]["image"], grey.view(3, 1, 1), atol=1e-5).all(dim=0).any()
 
 
 def test_meanteacher_views_are_two_different_weak_draws():
@@ -174,18 +194,40 @@ def test_released_ikl_lets_the_gradient_through_the_weights():
     assert not torch.allclose(grads[False], grads[True])
 
 
-def test_fixmatch_ce_uses_sharpened_soft_pseudo_labels_and_no_target_gradient():
-    config = build_config(SSLConfig, {"consistency": "ce"})
+def test_fixmatch_ce_defaults_to_the_weak_views_unsharpened_probabilities():
     s, t = _logits(2), _logits(3).requires_grad_()
     mask = confidence_mask(t, 0.0)
-    loss = consistency_loss(config, s, t, mask)
-    expected = -(torch.softmax(t.detach() / 0.5, 1) * torch.log_softmax(s, 1)).sum(1).mean()
-    torch.testing.assert_close(loss, expected)
+    log_probs = torch.log_softmax(s, 1)
+    default = build_config(SSLConfig, {"consistency": "ce"})
+    assert default.pseudo_label == "soft"
+    loss = consistency_loss(default, s, t, mask)
+    # The released FixMatch: the targets are the probabilities that set the mask, with no temperature.
+    torch.testing.assert_close(loss, -(torch.softmax(t.detach(), 1) * log_probs).sum(1).mean())
     assert not loss.requires_grad  # s has no grad here and the pseudo-labels are detached
-    hard = build_config(SSLConfig, {"consistency": "ce", "hard_label": True})
+    sharpened = build_config(SSLConfig, {"consistency": "ce", "pseudo_label": "sharpened", "pseudo_temperature": 0.5})
+    expected = -(torch.softmax(t.detach() / 0.5, 1) * log_probs).sum(1).mean()
+    torch.testing.assert_close(consistency_loss(sharpened, s, t, mask), expected)
+    assert not torch.allclose(expected, loss)
+    hard = build_config(SSLConfig, {"consistency": "ce", "pseudo_label": "hard"})
     torch.testing.assert_close(
         consistency_loss(hard, s, t, mask), torch.nn.functional.cross_entropy(s, t.detach().argmax(1))
     )
+    with pytest.raises(ConfigError, match="pseudo_temperature must be > 0"):
+        build_config(SSLConfig, {"pseudo_label": "sharpened", "pseudo_temperature": 0.0})
+
+
+def test_ikl_without_wmse_is_the_soft_fixmatch_loss_value_and_gradient():
+    # The released ablation (ce 1, mse 0) and the FixMatch baseline optimise the same function.
+    s0, t0 = _logits(6), _logits(7)
+    mask = confidence_mask(t0, 0.5)
+    grads = []
+    for values in ({"consistency": "ce"}, {"consistency": "ikl", "ce_weight": 1.0, "mse_weight": 0.0}):
+        s, t = s0.clone().requires_grad_(), t0.clone().requires_grad_()
+        loss = consistency_loss(build_config(SSLConfig, values), s, t, mask)
+        loss.backward()
+        grads.append((loss.detach(), s.grad, t.grad if t.grad is not None else torch.zeros_like(t)))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
 
 
 def test_meanteacher_mse_and_confidence_mask():
@@ -196,6 +238,44 @@ def test_meanteacher_mse_and_confidence_mask():
     assert torch.equal(mask, (probs.max(1).values >= 0.95).float())
     expected = ((torch.softmax(s, 1) - probs) ** 2).mean(1) * mask
     torch.testing.assert_close(consistency_loss(config, s, t, mask), expected.mean())
+
+
+def _tiny_batches(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    labeled = {"image": torch.randn(4, 3, 4, 4, generator=g), "label": torch.randint(0, 5, (4,), generator=g)}
+    return labeled, {"weak": torch.randn(4, 3, 4, 4, generator=g), "strong": torch.randn(4, 3, 4, 4, generator=g)}
+
+
+def test_meanteacher_weighs_the_consistency_fully_from_the_first_iteration():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 5))
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 5))
+    labeled, unlabeled = _tiny_batches()
+    for name in ("cifar100_200_meanteacher.yaml", "cifar100_200_meanteacher_ikl.yaml"):
+        config = load_config(SSLConfig, CONFIGS / name, ["p_cutoff=0.0"])
+        assert unsup_ramp(config, 0) == 1.0
+        loss, terms = ssl_loss(config, model, teacher, labeled, unlabeled, iteration=0)
+        assert terms["unsup_loss"] > 0
+        torch.testing.assert_close(loss.detach(), terms["sup_loss"] + terms["unsup_loss"])
+        # USB's ramp stays available as an option: off at the start, half way at 20% of the run.
+        ramped = load_config(SSLConfig, CONFIGS / name, ["p_cutoff=0.0", "unsup_warmup=0.4"])
+        torch.testing.assert_close(
+            ssl_loss(ramped, model, teacher, labeled, unlabeled, 0)[0].detach(), terms["sup_loss"]
+        )
+        assert unsup_ramp(ramped, ramped.iterations // 5) == pytest.approx(0.5)
+
+
+def test_paper_configs_are_the_released_settings():
+    fixmatch = load_config(SSLConfig, CONFIGS / "cifar100_200_fixmatch.yaml")
+    assert (fixmatch.consistency, fixmatch.pseudo_label, fixmatch.p_cutoff) == ("ce", "soft", 0.95)
+    ablation = load_config(SSLConfig, CONFIGS / "cifar100_200_fixmatch_ikl_a1b0.yaml")
+    released = load_config(SSLConfig, CONFIGS / "cifar100_200_fixmatch_ikl.yaml")
+    assert (ablation.ce_weight, ablation.mse_weight, released.ce_weight, released.mse_weight) == (1.0, 0.0, 1.0, 0.1)
+    differ = {k for k in vars(released) if getattr(released, k) != getattr(ablation, k)}
+    assert differ == {"mse_weight", "paper_top1", "output_dir"}
+    for path in sorted(CONFIGS.glob("cifar100_200_*.yaml")):
+        config = load_config(SSLConfig, path)
+        assert (config.randaugment_ops, config.cutout, config.unsup_warmup) == (3, 0.5, 0.0), path.name
 
 
 def test_test_accuracy_is_selected_on_validation():

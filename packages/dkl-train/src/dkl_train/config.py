@@ -7,14 +7,25 @@ dataclass fields are reached with dotted keys), coerces every value to the field
 rejects unknown keys with the list of valid ones. Typos in a config must fail before any compute is
 spent, never be silently ignored.
 
+The meaning of each field is the ``# comment`` on its line in the dataclass; :func:`field_help` reads
+those comments back, so ``train.py --help`` lists every field (type, default, meaning) from the one
+place a reader of the code looks. ``train.py --print-config`` prints the resolved YAML and exits.
+
 Fields shared by all recipes live in :class:`BaseConfig`; a recipe extends it with its own dataclass.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import difflib
+import inspect
+import io
+import os
+import sys
+import textwrap
+import tokenize
 import types
 import typing
 from collections.abc import Sequence
@@ -24,6 +35,10 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 C = TypeVar("C")
+
+
+# Datasets read from image files in place (what data_backend=gpu needs); the others are prepared as arrays.
+FILE_BACKED_DATASETS = ("imagenet",)
 
 
 class ConfigError(ValueError):
@@ -36,29 +51,33 @@ class BaseConfig:
 
     # --- run ---
     output_dir: str = "runs/default"  # the run folder: config.yaml, checkpoints/, tb/, results.json
-    seed: int = 0
-    resume: bool = False  # continue from the newest complete checkpoint in output_dir/checkpoints
+    seed: int = 0  # seeds Python, NumPy and torch on every process, and the data order
+    resume: bool | Literal["auto"] = False  # auto|true: continue from output_dir's newest checkpoint, if any
     deterministic: bool = False  # torch.use_deterministic_algorithms (tests; slower on GPU)
+    report_to: list[str] = dataclasses.field(default_factory=["tensorboard"].copy)  # trackers: tensorboard, wandb, ...
     # --- data ---
     dataset: str = "cifar100"  # digits | cifar10 | cifar100 | imagenet (prepared by `make data`)
-    data_dir: str = "data"
-    num_workers: int = 4  # DataLoader worker processes (decode + augment off the training process)
+    data_dir: str = "data"  # where `make data` put the prepared datasets
+    num_workers: int | Literal["auto"] = "auto"  # DataLoader workers per process; auto: its cores / LOCAL_WORLD_SIZE
     augment: bool = True  # False: train on the test-time transform (used by exactness tests)
+    data_backend: Literal["pil", "gpu"] = "pil"  # pil: workers decode; gpu: the device decodes in batches (ImageNet)
     # --- schedule ---
-    epochs: int = 240
+    epochs: int = 240  # training epochs
     batch_size: int = 64  # global batch per optimiser step
-    eval_batch_size: int = 256
-    gradient_accumulation_steps: int = 1
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    eval_batch_size: int = 256  # global batch of evaluation
+    gradient_accumulation_steps: int = 1  # micro-batches per optimiser step (same global batch, less memory)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] | None = "auto"  # auto: as accelerate launch / config says
+    channels_last: bool = False  # models and image batches in channels-last memory format (faster GPU convolutions)
+    cudnn_benchmark: bool = False  # time cuDNN's convolution algorithms once per input shape (not with deterministic)
     # --- optimiser (SGD with per-epoch step decay unless a recipe overrides) ---
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    lr_schedule: Literal["multistep", "cosine", "constant"] = "multistep"
-    lr_milestones: list[int] = dataclasses.field(default_factory=lambda: [150, 180, 210])
-    lr_decay_rate: float = 0.1
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # the optimiser
+    lr: float = 0.05  # peak learning rate
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = False  # SGD with Nesterov momentum
+    weight_decay: float = 5e-4  # L2 penalty on all parameters
+    lr_schedule: Literal["multistep", "cosine", "constant"] = "multistep"  # per-epoch schedule after warm-up
+    lr_milestones: list[int] = dataclasses.field(default_factory=lambda: [150, 180, 210])  # multistep: lr decay epochs
+    lr_decay_rate: float = 0.1  # multistep: factor per milestone
     lr_warmup_epochs: int = 0  # linear warm-up of the learning rate (ImageNet-style recipes)
     # --- checkpoints, evaluation, logging ---
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
@@ -67,11 +86,51 @@ class BaseConfig:
     log_every: int = 50  # optimiser steps between tracker/progress-bar updates
     log_step_losses: bool = False  # also store every step's loss in results.json (short runs, tests)
     # --- limits for smoke tests and quick looks (0 = no limit) ---
-    max_steps_per_epoch: int = 0
+    max_steps_per_epoch: int = 0  # end each epoch after N optimiser steps
     eval_subset: int = 0  # evaluate on the first N test images only
     train_subset: int = 0  # train on the first N training images only
     stop_after_epochs: int = 0  # end the run after N epochs as an interruption would (resume tests)
-    notes: str = ""
+    signal_at_step: int = 0  # SIGTERM to the run's process group after optimiser step N (pre-emption tests)
+    notes: str = ""  # free text kept with the run (config.yaml, results.json)
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision is None:
+            self.mixed_precision = "auto"  # one spelling in config.yaml and results.json
+        if self.cudnn_benchmark and self.deterministic:
+            raise ConfigError(
+                "cudnn_benchmark=true picks convolution algorithms by timing them, which deterministic=true rules "
+                "out; set one of them to false"
+            )
+        if self.num_workers != "auto" and self.num_workers < 0:
+            raise ConfigError(f"num_workers: {self.num_workers} is negative; give 0 or more, or auto")
+        if self.data_backend == "gpu" and self.dataset not in FILE_BACKED_DATASETS:
+            raise ConfigError(
+                f"data_backend=gpu decodes image files on the device, but dataset {self.dataset!r} is stored as "
+                f"decoded arrays; use data_backend=pil, or a dataset read from image files "
+                f"({', '.join(FILE_BACKED_DATASETS)})"
+            )
+        trackers = _known_trackers()
+        unknown = [name for name in self.report_to if name not in trackers]
+        if unknown:
+            raise ConfigError(
+                f"report_to: unknown tracker {', '.join(map(repr, unknown))}; Accelerate supports "
+                f"{', '.join(sorted(trackers))} (report_to=[] logs to none)"
+            )
+
+
+def _known_trackers() -> list[str]:
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    return list(LOGGER_TYPE_TO_CLASS)
+
+
+def accelerator_precision(mixed_precision: str | None) -> str | None:
+    """What to pass as ``Accelerator(mixed_precision=...)``: ``None`` lets the launcher's choice stand.
+
+    ``auto``/``null`` defer to ``accelerate launch`` (its ``--mixed_precision`` or the saved
+    ``accelerate config``, passed on as ``ACCELERATE_MIXED_PRECISION``); an explicit value wins over both.
+    """
+    return None if mixed_precision in (None, "auto") else mixed_precision
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,10 +142,6 @@ def _fields(schema: type) -> dict[str, tuple[dataclasses.Field, Any]]:
     return {f.name: (f, hints[f.name]) for f in dataclasses.fields(schema) if f.init}
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert ``value`` to ``tp`` (int, float, bool, str, list[...], Optional, Literal, nested dataclass)."""
     origin = typing.get_origin(tp)
@@ -96,12 +151,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for arg in (a for a in args if a is not type(None)):
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own message says what is expected
+            return _coerce(value, options[0], key)
+        reasons = []
+        for arg in options:
             try:
                 return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(tp)}")
+            except ConfigError as err:
+                reasons.append(str(err).removeprefix(f"{key}: "))
+        raise ConfigError(f"{key}: {value!r} is not a valid {_type_text(tp)} ({'; '.join(reasons)})")
     if origin is Literal:
         if isinstance(value, bool) and not any(isinstance(a, bool) for a in args):
             # YAML 1.1 reads a bare `no` as false: `mixed_precision: no` means the string "no".
@@ -165,7 +224,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported field type {_type_name(tp)} in the schema")
+    raise ConfigError(f"{key}: unsupported field type {_type_text(tp)} in the schema")
 
 
 def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
@@ -245,19 +304,138 @@ def load_config(schema: type[C], path: str | Path | None = None, overrides: Sequ
     return build_config(schema, values)
 
 
+# ----------------------------------------------------------------------------------------------
+# The command line: --help from the schema, --print-config
+
+
+def _comments_by_line(source: str) -> tuple[dict[int, str], set[int]]:
+    """``({line: comment text}, {lines holding nothing but a comment})``."""
+    comments, alone = {}, set()
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string.lstrip("#").strip()
+            if not token.line[: token.start[1]].strip():
+                alone.add(token.start[0])
+    return comments, alone
+
+
+def _meaning(node: ast.AnnAssign, comments: dict[int, str], alone: set[int]) -> str:
+    """The comment on the field's line(s), else the comment block right above it (not a ``# --- section``)."""
+    lines = range(node.lineno, (node.end_lineno or node.lineno) + 1)
+    inline = next((comments[n] for n in lines if n in comments and n not in alone), "")
+    if inline:
+        return inline
+    block, n = [], node.lineno - 1
+    while n in alone and not comments[n].startswith("---"):
+        block.insert(0, comments[n])
+        n -= 1
+    return " ".join(block)
+
+
+def field_help(schema: type) -> dict[str, str]:
+    """``{field: meaning}`` from each field's ``# comment`` (on its line, else right above it).
+
+    Base classes first: a subclass that gives a field a new default without a comment keeps the meaning.
+
+    A field without a comment maps to ``""``; a class whose source cannot be read contributes nothing.
+    """
+    meanings: dict[str, str] = {}
+    for cls in reversed(schema.__mro__):
+        if not dataclasses.is_dataclass(cls):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(cls))
+        except (OSError, TypeError):
+            continue
+        comments, alone = _comments_by_line(source)
+        body = next(node for node in ast.parse(source).body if isinstance(node, ast.ClassDef)).body
+        for node in body:
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                meaning = _meaning(node, comments, alone)
+                meanings[node.target.id] = meaning or meanings.get(node.target.id, "")
+    return {name: meanings.get(name, "") for name in _fields(schema)}
+
+
+def _type_text(tp: Any) -> str:
+    if tp is type(None):
+        return "None"
+    if isinstance(tp, type) and typing.get_origin(tp) is None:
+        return tp.__name__
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join(_type_text(a) for a in typing.get_args(tp))
+    return str(tp).replace("typing.", "")
+
+
+def _yaml_inline(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=1 << 20).splitlines()[0]
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def describe_fields(schema: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """``(key, type, default as YAML, meaning)`` for every field, nested dataclass fields as dotted keys."""
+    rows = []
+    meanings = field_help(schema)
+    for name, (f, tp) in _fields(schema).items():
+        default = _default(f)
+        if dataclasses.is_dataclass(tp):
+            rows.append((prefix + name, tp.__name__, "(group)", meanings[name]))
+            rows += describe_fields(tp, f"{prefix}{name}.")
+            continue
+        shown = "(required)" if default is dataclasses.MISSING else _yaml_inline(_as_yaml_value(default))
+        rows.append((prefix + name, _type_text(tp), shown, meanings[name]))
+    return rows
+
+
+def _as_yaml_value(value: Any) -> Any:
+    """A field value as it appears in YAML (dataclasses as mappings, tuples as lists)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def config_help(schema: type) -> str:
+    """The field listing of ``--help``: ``key: type = default`` and its meaning on the next line."""
+    lines = ["config fields (override any as key=value, in YAML syntax; nested fields as a.b=value):"]
+    for key, tp, default, meaning in describe_fields(schema):
+        lines.append(f"  {key}: {tp} = {default}")
+        if meaning:
+            lines.append(f"      {meaning}")
+    return "\n".join(lines)
+
+
 def parse_config(schema: type[C], argv: Sequence[str] | None = None, description: str = "") -> C:
-    """The command line of every recipe: ``--config FILE [key=value ...]``."""
+    """The command line of every recipe: ``--config FILE [--print-config] [key=value ...]``.
+
+    ``--help`` lists every field of ``schema``; ``--print-config`` prints the resolved config as YAML
+    and exits before the recipe touches data or devices (once, from rank 0, under ``accelerate launch``).
+    """
     parser = argparse.ArgumentParser(
         description=description,
-        epilog="Any field of the config can be overridden as key=value (YAML syntax), e.g. epochs=2 resume=true.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=config_help(schema),
     )
     parser.add_argument("--config", default=None, help="YAML file with the run's settings")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config (file + overrides) as YAML and exit"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
-        return load_config(schema, args.config, args.overrides)
+        config = load_config(schema, args.config, args.overrides)
     except ConfigError as err:
         parser.exit(2, f"config error: {err}\n")
+    if args.print_config:
+        if int(os.environ.get("RANK", "0")) == 0:
+            sys.stdout.write(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        parser.exit(0)
+    return config
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -4,7 +4,8 @@
 ``make data DATASET=...``) writes a ``DatasetDict`` with ``train`` and ``test`` splits, each with an
 ``image`` (PIL) and a ``label`` (int) column, using ``save_to_disk``. Training calls
 :func:`load_prepared`, which never downloads anything and stops at once, with the exact command to
-run, when the dataset is missing.
+run, when the dataset is missing. ImageNet is the exception: it is indexed in place (paths and labels,
+no image bytes copied) and each JPEG is decoded from its original file (:mod:`dkl_train.imagenet`).
 
 ``digits`` is built offline from scikit-learn's bundled UCI digits (1,797 real 8x8 images), upsampled
 to 32x32 RGB with a fixed stratified train/test split, so every CIFAR architecture and the whole
@@ -14,17 +15,25 @@ Augmentation is torchvision ``transforms.v2``, applied per sample in the DataLoa
 processes. Each sample's random draw is seeded from ``(seed, epoch, index)`` (see
 :class:`TransformedDataset`), so the augmented batches do not depend on the number of processes or
 workers, nor on whether the run was interrupted and resumed.
+
+The workers hand over ``uint8`` images (a quarter of float32's bytes through shared and pinned memory
+and over the bus); each batch becomes the model's float input on the device, after the copy:
+:class:`DeviceNormalize` (``x / 255``, then ``(x - mean) / std``, the very operations the float
+transforms run) applied by a :class:`DeviceLoader`. :func:`build_datasets` sets this up, so a recipe's
+loaders yield normalised float batches on the device as before, bit for bit.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -81,7 +90,10 @@ def prepare_command(name: str, data_dir: str | Path = "data") -> str:
     """The exact ``make`` command that prepares ``name`` under ``data_dir``."""
     command = f"make data DATASET={name}"
     if name == "imagenet":
-        command += " IMAGENET_DIR=/path/to/imagenet  # a folder with train/ and val/ (one sub-folder per class)"
+        command += (
+            " IMAGENET_DIR=/path/to/imagenet  # train/<wnid>/*.JPEG and val/ (class folders, or flat with"
+            " LOC_val_solution.csv or the ILSVRC2012 devkit); indexed in place, nothing is copied"
+        )
     if Path(data_dir) != Path("data"):
         command = command.replace(f"DATASET={name}", f"DATASET={name} DATA_DIR={data_dir}", 1)
     return command
@@ -144,29 +156,51 @@ def _standardise(dataset_dict: Any, spec: DatasetSpec) -> Any:
     return DatasetDict(out)
 
 
+class HubUnreachableError(ConnectionError):
+    """A hub dataset could not be fetched (no network, offline mode, a proxy); the message says what to do instead."""
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """What ``datasets``/``huggingface_hub`` raise when the Hub cannot be reached (before or during download)."""
+    # The HTTP client datasets itself catches (huggingface_hub re-exports whichever it uses).
+    from huggingface_hub.utils import LocalEntryNotFoundError, OfflineModeIsEnabled, httpx
+
+    # datasets wraps most of them in ConnectionError; a failure mid-download surfaces as the client's own errors.
+    return (ConnectionError, TimeoutError, httpx.TransportError, LocalEntryNotFoundError, OfflineModeIsEnabled)
+
+
+def hub_unreachable_message(name: str, hub_id: str, cause: BaseException) -> str:
+    """How to get ``name`` onto a machine that cannot reach the Hub: copy data/ over, or use a local hub cache."""
+    return (
+        f"could not reach the Hugging Face Hub for dataset {hub_id!r} ({type(cause).__name__}: {cause}).\n"
+        f"{name} is downloaded once from the Hub; without network access, either:\n"
+        f"  - run `{prepare_command(name)}` on a machine that has it, then copy its data/{name}/ folder into\n"
+        "    this machine's data/ (or the folder you pass as DATA_DIR=...); training reads only that folder; or\n"
+        f"  - if a Hugging Face cache here already holds {hub_id!r}, point HF_DATASETS_CACHE (or HF_HOME) at it,\n"
+        f"    set HF_HUB_OFFLINE=1 and rerun `{prepare_command(name)}`."
+    )
+
+
 def build_cifar(name: str) -> Any:
-    """CIFAR-10/100 from the Hugging Face Hub (the one step that needs the network)."""
+    """CIFAR-10/100 from the Hugging Face Hub (the one step that needs the network).
+
+    Raises :class:`HubUnreachableError` when the Hub cannot be reached, instead of a deep traceback.
+    """
     import datasets
 
     spec = get_spec(name)
-    return _standardise(datasets.load_dataset(spec.hub_id), spec)
-
-
-def build_imagenet(image_dir: str | Path) -> Any:
-    """ImageNet from a local folder (``train/<class>/*.JPEG`` and ``val/<class>/*.JPEG``) via ``imagefolder``."""
-    import datasets
-
-    image_dir = Path(image_dir)
-    if not (image_dir / "train").is_dir():
-        raise FileNotFoundError(f"{image_dir} has no train/ folder; expected train/<class>/ and val/<class>/")
-    loaded = datasets.load_dataset("imagefolder", data_dir=str(image_dir))
-    # imagefolder calls a val/ folder "validation"; the recipes evaluate on the split named "test".
-    renamed = {("test" if split in ("validation", "val") else split): ds for split, ds in loaded.items()}
-    return datasets.DatasetDict(renamed)
+    try:
+        loaded = datasets.load_dataset(spec.hub_id)
+    except _network_errors() as err:
+        raise HubUnreachableError(hub_unreachable_message(name, spec.hub_id, err)) from err
+    return _standardise(loaded, spec)
 
 
 def prepare(name: str, data_dir: str | Path = "data", imagenet_dir: str | Path | None = None) -> Path:
-    """Build dataset ``name`` and save it under ``data_dir/name`` (replacing an older copy)."""
+    """Build dataset ``name`` and save it under ``data_dir/name`` (replacing an older copy).
+
+    ImageNet is only indexed (paths and labels, see :mod:`dkl_train.imagenet`): its JPEGs stay where they are.
+    """
     get_spec(name)
     if name == "digits":
         built = build_digits()
@@ -175,7 +209,9 @@ def prepare(name: str, data_dir: str | Path = "data", imagenet_dir: str | Path |
     else:
         if imagenet_dir is None:
             raise ValueError(f"ImageNet is prepared from a local folder: {prepare_command('imagenet', data_dir)}")
-        built = build_imagenet(imagenet_dir)
+        from dkl_train.imagenet import prepare_imagenet
+
+        return prepare_imagenet(imagenet_dir, dataset_path(name, data_dir), num_classes=get_spec(name).num_classes)
     missing = [s for s in SPLITS if s not in built]
     if missing:
         raise ValueError(f"{name}: the source has no {', '.join(missing)} split (found {', '.join(built)})")
@@ -183,15 +219,24 @@ def prepare(name: str, data_dir: str | Path = "data", imagenet_dir: str | Path |
 
 
 def load_prepared(name: str, data_dir: str | Path = "data") -> Any:
-    """The prepared ``DatasetDict`` (memory-mapped from disk); fails at once, saying how to prepare it."""
+    """The prepared ``DatasetDict`` (memory-mapped from disk); fails at once, saying how to prepare it.
+
+    For ImageNet, a dict of :class:`~dkl_train.imagenet.ImageNetSplit` read from the index, whose rows
+    decode each JPEG from its original file.
+    """
     from datasets import load_from_disk
 
     get_spec(name)
     path = dataset_path(name, data_dir)
-    if not (path / "dataset_dict.json").is_file():
+    marker = "index.json" if name == "imagenet" else "dataset_dict.json"
+    if not (path / marker).is_file():
         raise DatasetNotPreparedError(
             f"dataset {name!r} is not prepared at {path}. Prepare it once with:\n    {prepare_command(name, data_dir)}"
         )
+    if name == "imagenet":
+        from dkl_train.imagenet import load_index
+
+        return load_index(path, prepare_command(name, data_dir))
     return load_from_disk(str(path))
 
 
@@ -199,12 +244,37 @@ def load_prepared(name: str, data_dir: str | Path = "data") -> Any:
 # Transforms and loaders
 
 
-def build_transform(spec: DatasetSpec, train: bool, augment: bool = True, normalize: bool = True) -> v2.Compose:
-    """The standard transforms of the KD literature for ``spec`` (PIL image in, float tensor out).
+ImageOutput = Literal["float", "uint8"]
+
+
+def tensor_steps(spec: DatasetSpec, *, normalize: bool = True, output: ImageOutput = "float") -> list[Any]:
+    """The last steps of every image transform: to a ``uint8`` tensor, then, for ``output="float"``, to
+    float32 in [0, 1] and (``normalize``) ``(x - mean) / std`` in the worker.
+
+    ``output="uint8"`` stops at the ``uint8`` tensor: :class:`DeviceNormalize` does the rest per batch on
+    the device (same operations, same values).
+    """
+    steps: list[Any] = [v2.ToImage()]
+    if output == "uint8":
+        return steps
+    if output != "float":
+        raise ValueError(f"output must be 'float' or 'uint8', got {output!r}")
+    steps += [v2.ToDtype(torch.float32, scale=True)]
+    if normalize:
+        steps += [v2.Normalize(mean=list(spec.mean), std=list(spec.std))]
+    return steps
+
+
+def build_transform(
+    spec: DatasetSpec, train: bool, augment: bool = True, normalize: bool = True, *, output: ImageOutput = "float"
+) -> v2.Compose:
+    """The standard transforms of the KD literature for ``spec`` (PIL image in, tensor out).
 
     CIFAR-sized data: RandomCrop(32, padding=4) + horizontal flip for training; ImageNet:
     RandomResizedCrop(224) + flip, and Resize(256) + CenterCrop(224) for evaluation. ``normalize=False``
-    keeps inputs in [0, 1] (adversarial training defines its threat model there).
+    keeps inputs in [0, 1] (adversarial training defines its threat model there). ``output="uint8"``
+    ends at the ``uint8`` image and leaves scaling and normalisation to :class:`DeviceNormalize`
+    (what :func:`build_datasets` does).
     """
     steps: list[Any] = []
     large = spec.image_size > 64
@@ -216,10 +286,69 @@ def build_transform(spec: DatasetSpec, train: bool, augment: bool = True, normal
         steps += [v2.RandomHorizontalFlip()]
     elif large:
         steps += [v2.Resize(int(spec.image_size * 256 / 224), antialias=True), v2.CenterCrop(spec.image_size)]
-    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-    if normalize:
-        steps += [v2.Normalize(mean=list(spec.mean), std=list(spec.std))]
+    steps += tensor_steps(spec, normalize=normalize, output=output)
     return v2.Compose(steps)
+
+
+class DeviceNormalize:
+    """``uint8`` image batches to the model's float32 input, on the batch's device: ``x / 255``, then
+    ``(x - mean) / std`` (only ``x / 255`` without ``mean``/``std``, e.g. adversarial training in [0, 1]).
+
+    The operations are those of ``v2.ToDtype(float32, scale=True)`` and ``v2.Normalize`` (multiply by
+    ``1 / 255``, subtract, divide), element by element, so a batch normalised here equals, bit for bit,
+    the batch of samples normalised one by one in the workers. ``mean``/``std`` are kept on each device
+    they were used on: building them from Python lists per batch would be a blocking copy per step.
+
+    Called on a batch (a dict), it converts every 4-dimensional ``uint8`` tensor (``image``, or the
+    views of a multi-view transform) and leaves the rest (labels, indices, float tensors) alone.
+    """
+
+    def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std, or neither (scale to [0, 1] only)")
+        if std is not None and not all(std):
+            raise ValueError(f"std must not contain zeros, got {tuple(std)}")
+        self.mean = None if mean is None else tuple(float(m) for m in mean)
+        self.std = None if std is None else tuple(float(s) for s in std)
+        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def for_spec(cls, spec: DatasetSpec, normalize: bool = True) -> DeviceNormalize:
+        """The normalisation of ``spec`` (``normalize=False``: scale to [0, 1] only)."""
+        return cls(spec.mean, spec.std) if normalize else cls()
+
+    def __repr__(self) -> str:
+        return f"DeviceNormalize(mean={self.mean}, std={self.std})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std}  # device tensors are not pickled into workers
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["mean"], state["std"])
+
+    def images(self, images: torch.Tensor) -> torch.Tensor:
+        """A ``uint8`` ``[..., C, H, W]`` tensor as normalised float32 (any other dtype is returned unchanged)."""
+        if images.dtype != torch.uint8:
+            return images
+        out = images.to(torch.float32).mul_(1.0 / 255)  # = v2.ToDtype(torch.float32, scale=True)
+        if self.mean is None:
+            return out
+        constants = self._constants.get(images.device)
+        if constants is None:
+            shape = (-1, 1, 1)
+            constants = tuple(
+                torch.tensor(v, dtype=torch.float32).view(shape).to(images.device) for v in (self.mean, self.std)
+            )
+            self._constants[images.device] = constants
+        mean, std = constants
+        return out.sub_(mean).div_(std)  # = v2.Normalize(mean, std)
+
+    def __call__(self, batch: Any) -> Any:
+        if isinstance(batch, torch.Tensor):
+            return self.images(batch) if batch.ndim == 4 else batch
+        if isinstance(batch, dict):
+            return {key: self(value) for key, value in batch.items()}
+        return batch
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -237,12 +366,27 @@ class TransformedDataset(Dataset):
     batch so the training RNG is untouched.
     The transform returns a tensor (stored as ``image``) or a dict of tensors (e.g. weak and strong
     views for semi-supervised learning); the sample's ``label`` is added to it.
+
+    ``batch_transform`` finishes each *batch* on the device, after the copy (the loaders of
+    :class:`~dkl_train.training.Run` and :class:`DeviceLoader` apply it): :class:`DeviceNormalize` for
+    transforms that end in ``uint8`` (``output="uint8"``), ``None`` for transforms that return model input.
     """
 
-    def __init__(self, hf_dataset: Any, transform: Callable[[Any], Any], seed: int = 0) -> None:
+    def __init__(
+        self,
+        hf_dataset: Any,
+        transform: Callable[[Any], Any],
+        seed: int = 0,
+        batch_transform: Callable[[Any], Any] | None = None,
+    ) -> None:
         self.data = hf_dataset
         self.transform = transform
         self.seed = seed
+        self.batch_transform = batch_transform
+
+    def select(self, indices: Sequence[int]) -> TransformedDataset:
+        """The same dataset (transforms, seed) on the rows ``indices`` of its split."""
+        return TransformedDataset(self.data.select(indices), self.transform, self.seed, self.batch_transform)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -267,7 +411,9 @@ class TransformedDataset(Dataset):
         image = row["image"]
         if image.mode != "RGB":  # ImageNet has greyscale and CMYK files
             image = image.convert("RGB")
-        torch.manual_seed(sample_seed(self.seed, epoch, index))
+        # The CPU generator only (what the transforms draw from): torch.manual_seed would also queue a lazy
+        # seeding of every accelerator backend, with a stack trace each, a few ms per sample on a CPU.
+        torch.random.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
         out = self.transform(image)
         sample = dict(out) if isinstance(out, dict) else {"image": out}
         sample["label"] = int(row["label"])
@@ -306,29 +452,145 @@ class EpochSampler(Sampler):
             yield (self.epoch, index)
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """``worker_init_fn`` of every loader: SIGTERM/SIGUSR1 sent to the whole process group (a scheduler's
+    pre-emption) must not kill the workers, which would crash the training process before it saves its
+    checkpoint; the training process handles them (``Run.stop_requested``) and its workers end with it."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def available_workers() -> int:
+    """The CPU cores this process may use (its affinity) shared among the training processes of this machine.
+
+    ``accelerate launch``/``torchrun`` start ``LOCAL_WORLD_SIZE`` processes per machine; each gets an
+    equal share of the cores for its DataLoader workers (at least 1).
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    local = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    return max(cores // local, 1)
+
+
+def resolve_num_workers(num_workers: int | str) -> int:
+    """``num_workers`` of a config: an integer >= 0, or ``"auto"`` (:func:`available_workers`)."""
+    if num_workers == "auto":
+        return available_workers()
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an integer >= 0 or 'auto', got {num_workers!r}")
+    return num_workers
+
+
 def make_loader(
     dataset: TransformedDataset,
     batch_size: int,
     *,
     train: bool,
-    num_workers: int = 0,
+    num_workers: int | str = 0,
     seed: int = 0,
 ) -> DataLoader:
     """A DataLoader over ``dataset``: shuffled per epoch and ``drop_last`` for training, in order for evaluation.
 
     Training drops the last incomplete batch (a batch of one breaks BatchNorm, and equal batches keep
-    processes in lockstep). Workers stay alive across epochs; memory is pinned when CUDA is present.
-    Pass the result to ``accelerator.prepare``, which shards its batches over processes.
+    processes in lockstep). Workers stay alive across epochs; memory is pinned when CUDA is present
+    (pinned batches are what a non-blocking copy to the GPU needs). ``num_workers="auto"``: see
+    :func:`available_workers`. Pass the result to ``accelerator.prepare``, which shards its batches
+    over processes, then wrap it in a :class:`DeviceLoader` for ``dataset.batch_transform``
+    (:meth:`~dkl_train.training.Run.train_loader` does both).
     """
+    workers = resolve_num_workers(num_workers)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=EpochSampler(len(dataset), seed=seed, shuffle=train),
         drop_last=train,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
+        num_workers=workers,
+        persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
+        worker_init_fn=ignore_stop_signals,
+        collate_fn=getattr(dataset, "collate_fn", None),  # a dataset that batches its own way (gpu backend)
     )
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """Every tensor in ``value`` (nested dicts, lists, tuples) on ``device``, copied without blocking.
+
+    From pinned memory the copy overlaps the device's work; from ordinary memory it is as safe as a
+    blocking copy.
+    """
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(to_device(v, device) for v in value)
+    return value
+
+
+def _channels_last(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.contiguous(memory_format=torch.channels_last) if value.ndim == 4 else value
+    if isinstance(value, dict):
+        return {k: _channels_last(v) for k, v in value.items()}
+    return value
+
+
+class DeviceLoader:
+    """Iterates a loader and finishes each batch on the device: ``batch_transform`` (e.g.
+    :class:`DeviceNormalize`), then ``channels_last`` for 4-dimensional tensors.
+
+    ``device``: move each batch there first with non-blocking copies (for a loader that does not; one
+    prepared by Accelerate already has). Everything else (``len``, ``set_epoch``, ``sampler``,
+    ``dataset``, ...) is the wrapped loader's; :meth:`skip_first` continues inside an epoch.
+    """
+
+    def __init__(
+        self,
+        loader: Any,
+        batch_transform: Callable[[Any], Any] | None = None,
+        *,
+        device: torch.device | str | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        self.loader = loader
+        self.batch_transform = batch_transform
+        self.device = None if device is None else torch.device(device)
+        self.channels_last = channels_last
+
+    def finish(self, batch: Any) -> Any:
+        """One batch as the model reads it (on the device, normalised, in the chosen memory format)."""
+        if self.device is not None:
+            batch = to_device(batch, self.device)
+        if self.batch_transform is not None:
+            batch = self.batch_transform(batch)
+        if self.channels_last:
+            batch = _channels_last(batch)
+        return batch
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            yield self.finish(batch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "loader":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+    def skip_first(self, batches: int) -> DeviceLoader:
+        """The same loader, starting after its first ``batches`` batches of the epoch (never loaded)."""
+        from accelerate import skip_first_batches
+
+        return DeviceLoader(
+            skip_first_batches(self.loader, batches),
+            self.batch_transform,
+            device=self.device,
+            channels_last=self.channels_last,
+        )
 
 
 def load_splits(config: Any) -> tuple[Any, Any, DatasetSpec]:
@@ -353,12 +615,30 @@ def build_datasets(
     """Train and test :class:`TransformedDataset` of ``config.dataset`` with the standard transforms.
 
     Reads ``dataset``, ``data_dir``, ``seed``, ``augment``, ``train_subset`` and ``eval_subset`` from the
-    config (a :class:`~dkl_train.config.BaseConfig`). Pass your own transforms to replace the defaults.
+    config (a :class:`~dkl_train.config.BaseConfig`). The workers produce ``uint8`` images; each dataset's
+    ``batch_transform`` is a :class:`DeviceNormalize` (``normalize=False``: scale to [0, 1] only) that the
+    run's loaders apply on the device. Pass your own transforms to replace the defaults: ``uint8`` images
+    are normalised on the device, float ones are passed through as they are. With ``data_backend=gpu``
+    (ImageNet), the datasets of :mod:`dkl_train.gpu_decode`: the workers read file bytes and the
+    ``batch_transform`` decodes, crops and normalises each batch on the device.
     """
+    if getattr(config, "data_backend", "pil") == "gpu":  # workers read bytes; the device decodes and crops
+        if train_transform is not None or test_transform is not None:
+            raise ValueError("data_backend=gpu has its own fixed transforms; custom transforms need data_backend=pil")
+        from dkl_train.gpu_decode import build_encoded_datasets
+
+        return build_encoded_datasets(config, normalize=normalize)
     train, test, spec = load_splits(config)
-    train_tf = train_transform or build_transform(spec, train=True, augment=config.augment, normalize=normalize)
-    test_tf = test_transform or build_transform(spec, train=False, normalize=normalize)
-    return TransformedDataset(train, train_tf, seed=config.seed), TransformedDataset(test, test_tf), spec
+    train_tf = train_transform or build_transform(
+        spec, train=True, augment=config.augment, normalize=normalize, output="uint8"
+    )
+    test_tf = test_transform or build_transform(spec, train=False, normalize=normalize, output="uint8")
+    device_normalize = DeviceNormalize.for_spec(spec, normalize)
+    return (
+        TransformedDataset(train, train_tf, seed=config.seed, batch_transform=device_normalize),
+        TransformedDataset(test, test_tf, batch_transform=device_normalize),
+        spec,
+    )
 
 
 def labeled_subset_indices(labels: Sequence[int], per_class: int, seed: int = 0) -> list[int]:
@@ -388,7 +668,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         path = prepare(args.dataset, args.data_dir, args.imagenet_dir)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, HubUnreachableError) as err:
         sys.exit(f"error: {err}")
     sizes = ", ".join(f"{split}: {len(ds)}" for split, ds in load_prepared(args.dataset, args.data_dir).items())
     print(f"prepared {args.dataset} at {path} ({sizes})")

@@ -1,19 +1,31 @@
 """`make demo`'s closing table: one row per run folder under ``runs/demo`` (every recipe), from its results.json.
 
-Usage: ``python -m dkl_train.demo runs/demo``. Unlike ``make report`` (mean +- std over seeds), this
-lists single runs as they are, so a reader sees teacher, student alone and distilled students (and
-the adversarial and semi-supervised runs) side by side with what each cost.
+Usage: ``python -m dkl_train.demo runs/demo [--readme README.md]`` (``--summary RUN_DIR``: one run's figures). Unlike ``make report`` (mean +- std
+over seeds), this lists single runs as they are, so a reader sees teacher, student alone and distilled
+students (and the adversarial and semi-supervised runs) side by side with what each cost.
+
+With ``--readme``, the table is compared with the sample table in that README, and any difference
+fails the command: the figures a newcomer reads before running anything must be the ones the demo
+prints. Only the wall-clock column may differ (it measures the machine, not the code).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 # Final metrics shown in their own column when present (robust accuracy of the adv recipe).
 EXTRA_METRICS = ("autoattack_clean", "autoattack_robust", "robust_top1", "pgd_robust")
+HEADER = ["recipe", "run", "model", "method", "top-1 (%)", "best top-1", "other", "wall-clock"]
+# Columns that may differ between the README's sample and a fresh run: timing depends on the machine and its load.
+IGNORED_COLUMNS = ("wall-clock",)
+
+
+class TableMismatchError(Exception):
+    """The demo's table and the README's sample table disagree (or the README has no sample table)."""
 
 
 def _fmt(value: Any) -> str:
@@ -60,20 +72,109 @@ def rows(runs_dir: str | Path) -> list[list[str]]:
     return table
 
 
+def summary(run_dir: str | Path) -> str:
+    """One run's headline figures for the line ``make demo`` prints when the run ends, e.g. ``top-1 88.89``."""
+    final = json.loads((Path(run_dir) / "results.json").read_text()).get("final", {})
+    figures = [f"top-1 {_fmt(final.get('top1'))}"]
+    figures += [f"{k} {_fmt(final[k])}" for k in EXTRA_METRICS if k in final]
+    return ", ".join(figures)
+
+
 def markdown(table: list[list[str]]) -> str:
-    header = ["recipe", "run", "model", "method", "top-1 (%)", "best top-1", "other", "wall-clock"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    """The table as GitHub markdown, in the layout of the README's sample."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in table])
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def readme_table(text: str) -> list[list[str]]:
+    """The sample table of a README: the first markdown table whose header is :data:`HEADER`."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith("|") and _cells(line) == HEADER:
+            table = []
+            for row in lines[i + 2 :]:  # skip the |---| line
+                if not row.lstrip().startswith("|"):
+                    break
+                table.append(_cells(row))
+            return table
+    raise TableMismatchError(f"no sample table with the header | {' | '.join(HEADER)} | found")
+
+
+def differences(table: list[list[str]], sample: list[list[str]]) -> list[str]:
+    """Every disagreement between a fresh table and the README's sample, one line each; wall-clock ignored."""
+    compared = [i for i, name in enumerate(HEADER) if name not in IGNORED_COLUMNS]
+    fresh = {tuple(row[:2]): row for row in table}
+    readme = {tuple(row[:2]): row for row in sample}
+    found = []
+    for key in sorted(readme.keys() - fresh.keys()):
+        found.append(f"{'/'.join(key)}: in the README's table, not among the runs")
+    for key in sorted(fresh.keys() - readme.keys()):
+        found.append(f"{'/'.join(key)}: a run the README's table does not list")
+    for key in sorted(fresh.keys() & readme.keys()):
+        ours, theirs = fresh[key], readme[key]
+        if len(theirs) != len(HEADER):
+            found.append(f"{'/'.join(key)}: the README's row has {len(theirs)} cells, expected {len(HEADER)}")
+            continue
+        for i in compared:
+            if ours[i] != theirs[i]:
+                found.append(f"{'/'.join(key)}: {HEADER[i]} is {ours[i]!r} here, {theirs[i]!r} in the README")
+    return found
+
+
+def check_readme(table: list[list[str]], readme: str | Path) -> None:
+    """Raise :class:`TableMismatchError` listing every difference between ``table`` and the README's sample."""
+    readme = Path(readme)
+    try:
+        sample = readme_table(readme.read_text(encoding="utf-8"))
+    except TableMismatchError as err:
+        raise TableMismatchError(f"{readme}: {err}") from None
+    found = differences(table, sample)
+    if found:
+        raise TableMismatchError(
+            f"the table above differs from the sample table in {readme}:\n  "
+            + "\n  ".join(found)
+            + "\nThe demo's runs are seeded and deterministic for a given machine and thread count; another CPU"
+            "\nor library build can round differently. If the code or the digits configs changed, paste the"
+            f"\ntable above into {readme}."
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dkl_train.demo", description=__doc__.splitlines()[0])
     parser.add_argument("runs_dir", nargs="?", default="runs/demo")
+    parser.add_argument("--summary", action="store_true", help="print one run folder's headline figures and exit")
+    parser.add_argument("--readme", default=None, help="fail if the table differs from this README's sample table")
+    parser.add_argument(
+        "--overridden",
+        nargs="*",
+        default=[],
+        metavar="NAME",
+        help="settings that change the runs (e.g. DEMO_KD_ARGS): the README comparison is skipped, saying so",
+    )
     args = parser.parse_args(argv)
+    if args.summary:
+        print(summary(args.runs_dir))
+        return
     table = rows(args.runs_dir)
     if not table:
         raise SystemExit(f"no results.json under {args.runs_dir}; run `make demo` first")
     print(markdown(table))
+    if args.readme and args.overridden:
+        print(
+            f"\n{', '.join(args.overridden)} set: these are not the default demo runs, so the table is not"
+            f" compared with the sample in {args.readme}."
+        )
+    elif args.readme:
+        try:
+            check_readme(table, args.readme)
+        except TableMismatchError as err:
+            print(f"\nerror: {err}", file=sys.stderr)
+            raise SystemExit(1) from None
+        print(f"\nThe table matches the sample in {args.readme} (wall-clock aside).")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,29 @@ A recipe owns its model, optimiser and loss; :class:`Run` owns everything around
   (Accelerate's ``automatic_checkpoint_naming`` writes straight into the final folder, which is why
   the folders are named here instead.) ``resume=true`` restores the newest one, RNG states included;
   the data order depends only on ``(seed, epoch)`` (see :mod:`dkl_train.data`), so the resumed run
-  continues exactly;
+  continues exactly. ``resume=auto`` does the same when a checkpoint exists and starts a new run
+  otherwise (requeued cluster jobs). A damaged newest checkpoint (a missing, truncated or unreadable
+  file; each checkpoint lists its files and sizes in ``checkpoint.json``) is moved aside to
+  ``damaged_<name>`` with a warning naming it and the previous complete checkpoint, which is loaded
+  instead; when none is usable the run stops with a :class:`CheckpointError` naming each damaged file;
+- pre-emption: on SIGTERM or SIGUSR1 (what SLURM sends before a time limit or on pre-emption) every
+  process finishes its current optimiser step; the processes agree on the step to stop after, save
+  a checkpoint ``epoch_XXXX_step_YYYYYYYY`` that also holds the position inside the epoch (the
+  batches already done, skipped on resume; the partial epoch metrics; each process's registered
+  objects, e.g. the class prior's running sums), and exit with :data:`PREEMPTED_EXIT_CODE` (143 =
+  128 + SIGTERM, the status a shell reports for a job ended by SIGTERM, so job scripts treat both
+  alike: requeue with ``resume=auto``; ``accelerate launch`` itself does not pass it on). Data-loader
+  workers ignore these signals (:func:`dkl_train.data.ignore_stop_signals`), and starting a loader's
+  iterator leaves the training RNG untouched, so the resumed run equals an uninterrupted one exactly.
+  Further signals during the save are noted and ignored; the save stays atomic;
 - :meth:`Run.train_epoch`: one epoch of ``compute_loss`` -> backward -> step with a progress bar on
-  the main process, a stop with a clear error on a non-finite loss, and throughput accounting;
+  the main process, a stop with a clear error on a non-finite loss, and throughput accounting. No step
+  waits for the device: the loss is checked on the device (:meth:`Run.watch_loss`) and the host reads
+  the result at logging steps and at the end of the epoch (:meth:`Run.raise_if_nonfinite`), so the
+  error names the first bad step and the steps run since the previous check;
+- the input pipeline: loaders from :meth:`Run.train_loader`/:meth:`Run.eval_loader` copy ``uint8``
+  batches from pinned memory without blocking and normalise them on the device
+  (:class:`~dkl_train.data.DeviceLoader`); ``channels_last`` and ``cudnn_benchmark`` are config options;
 - :func:`evaluate`: top-1/top-5 with ``gather_for_metrics`` (N processes give the numbers one gives);
 - :meth:`Run.finish`: ``results.json`` (config, final and best metrics, per-epoch history,
   wall-clock, throughput, git revision), written atomically.
@@ -22,31 +42,88 @@ A recipe owns its model, optimiser and loss; :class:`Run` owns everything around
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate import Accelerator, skip_first_batches
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, gather_object, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import BaseConfig, config_to_dict, flat_hparams, save_config
-from .data import TransformedDataset, make_loader
+from .config import BaseConfig, accelerator_precision, config_to_dict, flat_hparams, save_config
+from .data import DeviceLoader, TransformedDataset, make_loader, to_device
 from .results import git_revision, write_json_atomic
 
 CHECKPOINT_PREFIX = "epoch_"
 TMP_PREFIX = ".tmp_"
+DAMAGED_PREFIX = "damaged_"
+MANIFEST = "checkpoint.json"  # the files of a checkpoint and their sizes (truncation check on resume)
+PROCESS_STATE = "process_state_{}.pkl"  # mid-epoch checkpoints: each process's registered objects
+# The exit status of a run stopped by SIGTERM/SIGUSR1 after saving its checkpoint: 128 + SIGTERM, what
+# a shell reports for a process ended by SIGTERM, so schedulers and job scripts requeue both alike.
+PREEMPTED_EXIT_CODE = 143
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the loss terms."""
+
+
+class _LossWatch:
+    """The first optimiser step whose loss was not finite, and its loss and terms, kept on the device.
+
+    :meth:`note` runs every step and only queues device operations (``torch.where`` on the flag), so the
+    host never waits for the device; :meth:`Run.raise_if_nonfinite` reads it back at a check.
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] = []  # the terms, in the order of ``values[1:]``
+        self.first: torch.Tensor | None = None  # int64: the first bad step, -1 while every loss is finite
+        self.values: torch.Tensor | None = None  # float32 [1 + len(names)]: loss and terms at that step
+        self.checked_through = 0  # the optimiser step of the previous check
+
+    def note(self, step: int, loss: torch.Tensor, terms: dict[str, Any]) -> None:
+        loss = loss.detach()
+        for name in terms:
+            if name not in self.names:
+                self.names.append(name)
+        missing = float("nan")  # a term this step did not report
+        values = torch.stack(
+            [loss.float().reshape(()), *(_scalar(terms.get(n, missing), loss.device) for n in self.names)]
+        )
+        if self.first is None:
+            self.first = torch.full((), -1, dtype=torch.int64, device=loss.device)
+            self.values = torch.full_like(values, float("nan"))
+        elif self.values.numel() < values.numel():  # a term appeared: widen the record
+            pad = torch.full((values.numel() - self.values.numel(),), float("nan"), device=loss.device)
+            self.values = torch.cat([self.values, pad])
+        new = ~torch.isfinite(loss).all() & (self.first < 0)
+        self.first = torch.where(new, step, self.first)
+        self.values = torch.where(new, values, self.values)
+
+
+def _scalar(value: Any, device: torch.device) -> torch.Tensor:
+    """A loss term as a float32 scalar on ``device``; a Python number is filled in there (a copy would block)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().reshape(()).to(device)
+    return torch.full((), float(value), device=device)
+
+
+class CheckpointError(FileNotFoundError):
+    """No usable checkpoint to resume from; the message names the damaged files and what to do.
+
+    A :class:`FileNotFoundError`, so the recipes' entry points print it as one line, without a traceback.
+    """
 
 
 @dataclass
@@ -61,6 +138,9 @@ class TrainingState:
     train_seconds: float = 0.0  # time inside train_epoch (for throughput)
     train_images: int = 0  # images processed by all processes
     wall_seconds: float = 0.0  # whole epochs including evaluation and checkpoints
+    # A mid-epoch (pre-emption) checkpoint: {"epoch": e, ...} with this process's position and running
+    # sums inside epoch e (see Run.preempt); None at epoch boundaries.
+    partial: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,6 +175,10 @@ def learning_rate(config: BaseConfig, epoch: int) -> float:
         return config.lr * config.lr_decay_rate ** sum(epoch >= m for m in config.lr_milestones)
     if config.lr_schedule == "cosine":
         return 0.5 * config.lr * (1.0 + math.cos(math.pi * epoch / max(config.epochs, 1)))
+    if config.lr_schedule == "cosine_shifted":
+        # cos(pi * (epoch + 1) / (epochs + 1)): the per-epoch formula of the released DKL adversarial
+        # scripts (already below lr in the first epoch, above 0 in the last); recipes opt in.
+        return 0.5 * config.lr * (1.0 + math.cos(math.pi * (epoch + 1) / (config.epochs + 1)))
     return config.lr
 
 
@@ -153,6 +237,138 @@ def evaluate(
 
 
 # ----------------------------------------------------------------------------------------------
+# Launch settings: how many processes and machines, which device and precision, and who decided
+
+
+class TrackerNotInstalledError(ImportError):
+    """A tracker named in ``report_to`` is not installed (the message gives the pip command)."""
+
+
+def check_trackers(names: Iterable[str]) -> None:
+    """Raise :class:`TrackerNotInstalledError` naming every tracker of ``report_to`` whose package is missing.
+
+    Accelerate silently drops such a tracker; a run that was meant to log to wandb must not run for days
+    without logging. Trackers are optional: only users who want one install it.
+    """
+    from accelerate.tracking import get_available_trackers
+
+    available = {str(t) for t in get_available_trackers()}
+    missing = [name for name in names if name not in available]
+    if missing:
+        raise TrackerNotInstalledError(
+            f"report_to names {', '.join(missing)}, which is not installed in this environment. "
+            f"Install it (`pip install {' '.join(missing)}`) or remove it from report_to (e.g. report_to=[tensorboard])."
+        )
+
+
+def launcher_options(pid: int | None = None) -> dict[str, str] | None:
+    """The options given to the ``accelerate launch`` that started this process, or ``None``.
+
+    ``accelerate launch`` starts the training processes as its children, so its command line is the
+    parent's (read from ``/proc``, i.e. on Linux; elsewhere, and under ``python``/``torchrun``, ``None``).
+    Options before the training script only: ``{"num_processes": "2", "cpu": ""}``.
+    """
+    try:
+        raw = Path(f"/proc/{pid or os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return None
+    argv = [a for a in raw.decode(errors="replace").split("\0") if a]
+    for i, arg in enumerate(argv):
+        if arg == "accelerate.commands.launch":
+            rest = argv[i + 1 :]
+            break
+        if Path(arg).name == "accelerate" and argv[i + 1 : i + 2] == ["launch"]:
+            rest = argv[i + 2 :]
+            break
+    else:
+        return None
+    options: dict[str, str] = {}
+    for j, arg in enumerate(rest):
+        if not arg.startswith("--"):
+            if arg.endswith(".py"):
+                break  # the training script: what follows is its own command line
+            continue  # the value of the previous option
+        name, eq, value = arg[2:].partition("=")
+        if not eq and j + 1 < len(rest) and not rest[j + 1].startswith("-") and not rest[j + 1].endswith(".py"):
+            value = rest[j + 1]
+        options[name.replace("-", "_")] = value
+    return options
+
+
+def accelerate_config_file(options: dict[str, str] | None) -> tuple[str | None, dict[str, Any]]:
+    """The saved ``accelerate config`` that ``accelerate launch`` read, and its settings (``(None, {})`` if none).
+
+    As Accelerate 1.x does: ``--config_file``, else the default file unless ``--cpu`` was given.
+    """
+    if options is None:
+        return None, {}
+    path = options.get("config_file")
+    if path is None:
+        from accelerate.commands.config import default_config_file
+
+        if "cpu" in options or not os.path.isfile(default_config_file):
+            return None, {}
+        path = default_config_file
+    try:
+        import yaml
+
+        values = yaml.safe_load(Path(path).read_text()) or {}  # JSON is YAML too
+    except (OSError, ValueError):
+        return path, {}
+    return path, values if isinstance(values, dict) else {}
+
+
+def launch_sources(
+    run_precision: str | None,
+    options: dict[str, str] | None,
+    config_file: str | None,
+    file_values: dict[str, Any],
+    env: dict[str, str],
+) -> dict[str, str]:
+    """Where the process count, machine count, device type and precision of this run came from.
+
+    One of: ``run config`` (precision written in the run's config), ``launcher flag``, ``accelerate config
+    <file>``, ``env <VAR>`` (started without ``accelerate launch``, e.g. torchrun or exported variables) or
+    ``detection`` (Accelerate's own: visible devices, one machine, no mixed precision).
+    """
+    launched = options is not None
+    saved = f"accelerate config {config_file}"
+
+    def source(flag: str, key: str, env_var: str) -> str:
+        if launched and flag in options:
+            return "launcher flag"
+        if launched and file_values.get(key) is not None:
+            return saved
+        if not launched and env_var in env:
+            return f"env {env_var}"
+        return "detection"
+
+    device = source("cpu", "use_cpu", "ACCELERATE_USE_CPU")
+    if device == saved and not file_values.get("use_cpu"):
+        device = "detection"  # a saved config decides the device only when it asks for the CPU
+    precision = source("mixed_precision", "mixed_precision", "ACCELERATE_MIXED_PRECISION")
+    if run_precision not in (None, "auto"):
+        precision = "run config"
+    return {
+        "processes": source("num_processes", "num_processes", "WORLD_SIZE"),
+        "machines": source("num_machines", "num_machines", "GROUP_WORLD_SIZE"),
+        "device": device,
+        "precision": precision,
+    }
+
+
+def unused_gpu_warning(visible: int, used: int) -> str | None:
+    """A warning when this machine has more GPUs than the run uses on it (``None`` when all are used)."""
+    if visible <= used:
+        return None
+    return (
+        f"warning: {visible} GPUs are visible on this machine but the run uses {used}. To use all of them, run "
+        f'`accelerate config` once (multi-GPU, {visible} processes) or pass LAUNCH_ARGS="--multi_gpu '
+        f'--num_processes {visible}"; set CUDA_VISIBLE_DEVICES to silence this on a shared machine.'
+    )
+
+
+# ----------------------------------------------------------------------------------------------
 # The run
 
 
@@ -161,10 +377,12 @@ class Run:
 
     Args:
         config: the recipe's resolved config (a :class:`~dkl_train.config.BaseConfig` subclass).
-        tracker_name: sub-folder of the run folder that holds the tensorboard logs.
+        tracker_name: the trackers' project name; for TensorBoard, the sub-folder of the run folder
+            that holds its logs.
 
-    Creating it seeds everything (``config.seed``), writes ``config.yaml`` and logs the config as
-    tensorboard hparams. It refuses to start over an existing run's checkpoints unless
+    Creating it seeds everything (``config.seed``), writes ``config.yaml``, logs the config as hparams
+    to the ``report_to`` trackers and prints one line saying how it was launched: processes, machines,
+    device, precision, and where each came from (see :func:`launch_sources`). It refuses to start over an existing run's checkpoints unless
     ``resume=true`` (so a typo in ``output_dir`` never mixes two runs).
     """
 
@@ -172,15 +390,19 @@ class Run:
         self.config = config
         self.run_dir = Path(config.output_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
+        check_trackers(config.report_to)
         # `accelerate launch --multi_gpu --num_processes N` on a machine without CUDA: Accelerate 1.x only
         # picks the multi-process CPU (gloo) mode when told `cpu=True`; otherwise every process believes
         # it is a lone main process and they all write the same files.
         cpu_processes = "LOCAL_RANK" in os.environ and not torch.cuda.is_available()
         self.accelerator = Accelerator(
             cpu=cpu_processes,
-            mixed_precision=config.mixed_precision,
+            # Batches are copied from pinned memory while the device computes (see data.make_loader).
+            dataloader_config=DataLoaderConfiguration(non_blocking=True),
+            # auto: None, so the launcher's choice (ACCELERATE_MIXED_PRECISION) stands; explicit values win.
+            mixed_precision=accelerator_precision(config.mixed_precision),
             gradient_accumulation_steps=config.gradient_accumulation_steps,
-            log_with="tensorboard",
+            log_with=list(config.report_to) or None,
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir)),
         )
         launched = int(os.environ.get("WORLD_SIZE", "1"))
@@ -189,7 +411,11 @@ class Run:
                 f"launched as {launched} processes but Accelerate runs {self.accelerator.num_processes}; "
                 "check the `accelerate launch` options (e.g. --multi_gpu --num_processes N)"
             )
+        self._print_launch()
         set_seed(config.seed, deterministic=config.deterministic)
+        if config.cudnn_benchmark:  # fixed input sizes: time each convolution's algorithms once, keep the fastest
+            torch.backends.cudnn.benchmark = True
+        self._loss_watch = _LossWatch()
         world = self.accelerator.num_processes * config.gradient_accumulation_steps
         if config.batch_size % world:
             raise ValueError(
@@ -208,7 +434,33 @@ class Run:
         if self.accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.run_dir / "config.yaml")
-        self.accelerator.init_trackers(tracker_name, config=flat_hparams(config))
+        # Trackers that name each run (wandb, mlflow, swanlab) get the run folder's name.
+        names = {"wandb": "name", "mlflow": "run_name", "swanlab": "experiment_name"}
+        init_kwargs = {tracker: {key: self.run_dir.name} for tracker, key in names.items()}
+        self.accelerator.init_trackers(tracker_name, config=flat_hparams(config), init_kwargs=init_kwargs)
+
+    def _print_launch(self) -> None:
+        """One line: processes, machines, device, precision and the source of each; warn about idle GPUs."""
+        accelerator = self.accelerator
+        options = launcher_options()
+        config_file, file_values = accelerate_config_file(options)
+        sources = launch_sources(self.config.mixed_precision, options, config_file, file_values, dict(os.environ))
+        machines = int(os.environ.get("GROUP_WORLD_SIZE", "1"))  # torchrun's node count (1: one machine)
+        launcher_precision = os.environ.get("ACCELERATE_MIXED_PRECISION")
+        overridden = (
+            f"; overrides the launcher's {launcher_precision}"
+            if sources["precision"] == "run config" and launcher_precision not in (None, accelerator.mixed_precision)
+            else ""
+        )
+        self.print(
+            f"launch: {accelerator.num_processes} process(es) ({sources['processes']}), {machines} machine(s) "
+            f"({sources['machines']}), device {accelerator.device.type} ({sources['device']}), precision "
+            f"{accelerator.mixed_precision} ({sources['precision']}{overridden})"
+        )
+        used_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if accelerator.device.type == "cuda" else 0
+        warning = unused_gpu_warning(torch.cuda.device_count() if torch.cuda.is_available() else 0, used_here)
+        if warning:
+            self.print(warning)
 
     # --- small conveniences -------------------------------------------------------------------
 
@@ -225,7 +477,21 @@ class Run:
         if self.accelerator.is_main_process:
             tqdm.write(" ".join(str(a) for a in args))
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """``torch.channels_last`` with ``channels_last=true``, else ``torch.contiguous_format``."""
+        return torch.channels_last if self.config.channels_last else torch.contiguous_format
+
+    def place_model(self, module: nn.Module) -> nn.Module:
+        """Move a model that is not prepared (a frozen teacher) to the device, in the run's memory format."""
+        return module.to(self.device, memory_format=self.memory_format)
+
     def prepare(self, *objects: Any) -> Any:
+        """``accelerator.prepare``; models are first put in the run's memory format (``channels_last``)."""
+        if self.config.channels_last:
+            for obj in objects:
+                if isinstance(obj, nn.Module):
+                    obj.to(memory_format=torch.channels_last)
         return self.accelerator.prepare(*objects)
 
     def register_for_checkpointing(self, *objects: Any) -> None:
@@ -235,29 +501,65 @@ class Run:
         """
         self.accelerator.register_for_checkpointing(*objects)
 
-    def train_loader(self, dataset: TransformedDataset) -> Any:
-        """A prepared, per-epoch-shuffled training loader with this run's micro-batch size and limits."""
+    def train_loader(self, dataset: TransformedDataset) -> DeviceLoader:
+        """A prepared, per-epoch-shuffled training loader with this run's micro-batch size and limits.
+
+        Its batches arrive on the device (non-blocking copies from pinned memory), finished by the
+        dataset's ``batch_transform`` (e.g. normalised from ``uint8``) and in the run's memory format.
+        """
         loader = make_loader(
             dataset, self.micro_batch_size, train=True, num_workers=self.config.num_workers, seed=self.config.seed
         )
         if self.config.max_steps_per_epoch:
             # Truncate the epoch in the sampler, so every loader ends cleanly (Accelerate tracks the end).
             loader.sampler.num_samples = self.config.max_steps_per_epoch * self.config.batch_size
-        return self.accelerator.prepare(loader)
+        return self.device_loader(self.accelerator.prepare(loader), dataset)
 
-    def eval_loader(self, dataset: TransformedDataset) -> Any:
-        """A prepared evaluation loader (in order, nothing dropped)."""
+    def eval_loader(self, dataset: TransformedDataset) -> DeviceLoader:
+        """A prepared evaluation loader (in order, nothing dropped), finished on the device as :meth:`train_loader`."""
         loader = make_loader(dataset, self.config.eval_batch_size, train=False, num_workers=self.config.num_workers)
-        return self.accelerator.prepare(loader)
+        return self.device_loader(self.accelerator.prepare(loader), dataset)
+
+    def device_loader(self, loader: Any, dataset: Any, *, copy: bool = False) -> DeviceLoader:
+        """``loader`` finished on the device: ``dataset.batch_transform`` (if any), then the memory format.
+
+        ``copy``: also move each batch to the device (non-blocking), for a loader Accelerate did not prepare.
+        """
+        return DeviceLoader(
+            loader,
+            getattr(dataset, "batch_transform", None),
+            device=self.device if copy else None,
+            channels_last=self.config.channels_last,
+        )
 
     # --- epochs -------------------------------------------------------------------------------
 
+    # Pre-emption state (class defaults; see stop_requested): the first stop signal, signals after it,
+    # the all-reduce of the previous step's flags, the gloo group it runs on, the replaced handlers.
+    _stop_signal: int | None = None
+    _extra_signals: int = 0
+    _stop_pending: tuple[Any, torch.Tensor] | None = None
+    _stop_group: Any = None
+    _saved_handlers: dict[int, Any] | None = None
+
     def epochs(self) -> Iterator[int]:
-        """The (0-based) epochs still to run: all of them, or those after the resumed checkpoint."""
+        """The (0-based) epochs still to run: all of them, or those after the resumed checkpoint.
+
+        While it runs, SIGTERM and SIGUSR1 ask the run to stop after its current optimiser step (see
+        :meth:`stop_requested`; a signal between epochs stops the run after the next epoch's first
+        step). The previous signal handlers come back at the end.
+        """
         end = self.config.epochs
         if self.config.stop_after_epochs:
             end = min(end, self.config.stop_after_epochs)  # a simulated interruption (resume tests)
-        return iter(range(self.state.epoch, end))
+        self._install_stop_handlers()
+        try:
+            yield from range(self.state.epoch, end)
+        finally:
+            if self._stop_pending is not None:  # every process posted it: complete it before any teardown
+                self._stop_pending[0].wait()
+                self._stop_pending = None
+            self._restore_stop_handlers()
 
     def train_epoch(
         self,
@@ -276,46 +578,64 @@ class Run:
         ``after_step`` runs after every optimiser step (e.g. to remove an AWP perturbation). Gradient
         accumulation and mixed precision are Accelerate's. Returns the epoch's training metrics
         (means over all processes): ``train_loss``, each term, ``lr``, ``images_per_s``.
+
+        After a stop signal the epoch ends after the step the processes agree on, with a mid-epoch
+        checkpoint (:meth:`preempt`); resumed from it, the epoch skips the batches already done
+        (Accelerate's ``skip_first_batches``: their samples are never loaded) and continues with the
+        saved running sums, so its metrics are those of the uninterrupted epoch.
         """
         accelerator = self.accelerator
         model.train()
         set_learning_rate(optimizer, learning_rate(self.config, epoch))
         loader.set_epoch(epoch)
-        sums: dict[str, torch.Tensor] = {}
-        micro_losses: list[torch.Tensor] = []
-        micro_steps = 0
-        images = 0
-        start = time.perf_counter()
+        partial = self.resumed_progress(epoch) or {}
+        done = int(partial.get("batches", 0))  # this process's micro-batches of the epoch already trained
+        sums: dict[str, torch.Tensor] = partial.get("sums", {})
+        micro_losses: list[torch.Tensor] = partial.get("micro_losses", [])
+        micro_steps = done
+        images = int(partial.get("images", 0))
+        start = time.perf_counter() - float(partial.get("seconds", 0.0))
         bar = tqdm(
-            loader,
+            total=len(loader),
+            initial=done,
             desc=f"epoch {epoch + 1}/{self.config.epochs}",
             leave=False,
             dynamic_ncols=True,
             disable=not accelerator.is_main_process,
         )
-        for batch in bar:
+        for batch in _without_rng_draw(_skip_first(loader, done) if done else loader):
             with accelerator.accumulate(model):
                 loss, terms = compute_loss(batch)
-                self.check_finite(loss, terms, epoch)
+                self.watch_loss(loss, terms)  # on the device; read at logging steps and at the end
                 accelerator.backward(loss)
                 if clip_grad_norm is not None and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), clip_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             micro_steps += 1
+            bar.update()
             images += int(batch["label"].shape[0])
             detached = loss.detach().float()
             micro_losses.append(detached)
             for name, value in {"loss": detached, **terms}.items():
-                value = torch.as_tensor(value, device=detached.device).detach().float()
+                value = _scalar(value, detached.device)
                 sums[name] = sums.get(name, torch.zeros((), device=detached.device)) + value
             if accelerator.sync_gradients:
                 self.state.global_step += 1
                 if after_step is not None:
                     after_step()
                 if self.state.global_step % self.config.log_every == 0:
+                    self.raise_if_nonfinite(epoch)  # the host reads the device here anyway
                     self._log_step(detached, terms, optimizer)
                     bar.set_postfix(loss=f"{detached.item():.4f}")
+                if self.stop_requested():
+                    bar.close()
+                    self.raise_if_nonfinite(epoch)  # never checkpoint weights a bad step has touched
+                    self.preempt(epoch, _progress(micro_steps, sums, micro_losses, images, start))
+        bar.close()
+        self.raise_if_nonfinite(epoch)
+        if self._agree_stop(wait=True):  # a signal during the epoch's last step: save before evaluating
+            self.preempt(epoch, _progress(micro_steps, sums, micro_losses, images, start))
         seconds = time.perf_counter() - start
         names = sorted(sums)
         means = accelerator.reduce(torch.stack([sums[n] for n in names]) / max(micro_steps, 1), reduction="mean")
@@ -333,17 +653,136 @@ class Run:
             metrics["step_losses"] = gathered.mean(dim=0).tolist()
         return metrics
 
-    def check_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], epoch: int) -> None:
-        """Raise :class:`NonFiniteLossError` (naming the epoch, step and loss terms) if ``loss`` is NaN/inf."""
-        if torch.isfinite(loss.detach()).all():
-            return
-        shown = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
-        last = self.latest_checkpoint()
-        raise NonFiniteLossError(
-            f"non-finite loss {float(loss):.4g} at epoch {epoch + 1}, optimiser step {self.state.global_step + 1} "
-            f"(terms: {shown or 'none'}). Nothing was saved for this epoch; the last good checkpoint is "
-            f"{last if last else 'none'}. Lower the learning rate or the loss weights, or try mixed_precision=no."
+    # --- pre-emption --------------------------------------------------------------------------
+
+    def stop_requested(self) -> bool:
+        """Whether every process should stop now; call it on every process after every optimiser step.
+
+        SIGTERM/SIGUSR1 only set a flag (the step in flight always finishes). Processes may see a
+        signal at different steps, so they agree: each step posts this process's flag in an
+        asynchronous all-reduce (MAX) over a small CPU (gloo) group and reads the previous step's
+        result, which has long arrived. The answer is the same on every process, one step after the
+        first process saw a signal, and no step waits on the accelerator (no host-device sync). A
+        single process answers at once.
+        """
+        step = self.config.signal_at_step
+        if step and self.state.global_step == step and self.is_main_process:
+            os.killpg(os.getpgrp(), signal.SIGTERM)  # test knob: what a scheduler does, at a known step
+        return self._agree_stop(wait=False)
+
+    def preempt(self, epoch: int, progress: dict[str, Any]) -> NoReturn:
+        """Save a mid-epoch checkpoint of the run as it is now, then exit with :data:`PREEMPTED_EXIT_CODE`.
+
+        ``progress`` is this process's state inside ``epoch``: the position and running sums its loop
+        needs to continue, handed back by :meth:`resumed_progress` after the resume. Every process
+        must call it after the same step.
+        """
+        self.state.partial = {"epoch": epoch, **progress}
+        path = self.save_checkpoint()
+        self.state.partial = None
+        signum = self._stop_signal
+        caught = signal.Signals(signum).name if signum is not None else "another process's stop signal"
+        ignored = f"; {self._extra_signals} more signal(s) after the first were ignored" if self._extra_signals else ""
+        self.print(
+            f"{caught}: stopped after optimiser step {self.state.global_step} (inside epoch {epoch + 1}); checkpoint {path}"
+            f"{ignored}. Exiting with status {PREEMPTED_EXIT_CODE}; continue with resume=auto (or resume=true)."
         )
+        self.accelerator.end_training()
+        self._restore_stop_handlers()  # (signals until here are still only counted)
+        raise SystemExit(PREEMPTED_EXIT_CODE)
+
+    def resumed_progress(self, epoch: int) -> dict[str, Any] | None:
+        """The progress :meth:`preempt` saved inside ``epoch``, once (tensors on this device); else ``None``."""
+        partial = self.state.partial
+        if partial is None or partial.get("epoch") != epoch:
+            return None
+        self.state.partial = None
+        return {k: to_device(v, self.device) for k, v in partial.items() if k != "epoch"}
+
+    def _install_stop_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread() or getattr(self, "_saved_handlers", None):
+            return  # Python delivers signals to the main thread only
+        self._saved_handlers = {s: signal.signal(s, self._on_stop_signal) for s in STOP_SIGNALS}
+
+    def _restore_stop_handlers(self) -> None:
+        for signum, handler in (getattr(self, "_saved_handlers", None) or {}).items():
+            signal.signal(signum, handler)
+        self._saved_handlers = None
+
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        # Only flags: the handler may run anywhere, including inside a checkpoint save, which must finish.
+        if self._stop_signal is None:
+            self._stop_signal = signum
+        else:
+            self._extra_signals += 1
+
+    def _agree_stop(self, *, wait: bool) -> bool:
+        """Have all processes agreed to stop? ``wait``: decide now (once per epoch) rather than one step later."""
+        local = self._stop_signal is not None
+        if self.accelerator.num_processes == 1:
+            return local
+        import torch.distributed as dist
+
+        if self._stop_pending is not None:
+            work, flag = self._stop_pending
+            self._stop_pending = None
+            work.wait()
+            if flag.item():
+                return True
+        if self._stop_group is None:  # CPU flags over gloo: no device sync, even when training uses NCCL
+            self._stop_group = dist.new_group(backend="gloo")
+        flag = torch.tensor([int(local)], dtype=torch.int32)
+        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._stop_group, async_op=True)
+        if wait:
+            work.wait()
+            return bool(flag.item())
+        self._stop_pending = (work, flag)
+        return False
+
+    def watch_loss(self, loss: torch.Tensor, terms: dict[str, Any]) -> None:
+        """Note on the device whether this step's ``loss`` is finite (no host-device synchronisation).
+
+        The step is optimiser step ``global_step + 1`` (the one this micro-batch contributes to). Call
+        :meth:`raise_if_nonfinite` from time to time (every process, at the same steps) to act on it.
+        """
+        self._loss_watch.note(self.state.global_step + 1, loss, terms)
+
+    def raise_if_nonfinite(self, epoch: int) -> None:
+        """Raise :class:`NonFiniteLossError` if a loss noted by :meth:`watch_loss` since the run started was NaN/inf.
+
+        Reads the device's record (a synchronisation: call it at logging steps and at the end of an
+        epoch, not every step) on every process together (a collective), so all stop, naming the first
+        bad step of any process with its loss terms, and the steps run since the previous check.
+        """
+        watch = self._loss_watch
+        checked_from, watch.checked_through = watch.checked_through, self.state.global_step
+        if watch.first is None:
+            return
+        firsts = self.accelerator.gather(watch.first[None]).tolist()
+        values = self.accelerator.gather(watch.values[None]).tolist()
+        bad = [(step, row) for step, row in zip(firsts, values, strict=True) if step >= 0]
+        if not bad:
+            return
+        step, row = min(bad, key=lambda item: item[0])
+        shown = ", ".join(f"{name}={value:.4g}" for name, value in zip(watch.names, row[1:], strict=False))
+        last = self.latest_checkpoint()
+        checked = (
+            f"; found at the check after step {self.state.global_step} (losses are checked at logging steps, "
+            f"log_every={self.config.log_every}, and at the end of each epoch: steps "
+            f"{checked_from + 1}-{self.state.global_step} ran since the previous check)"
+            if self.state.global_step > step
+            else ""
+        )
+        raise NonFiniteLossError(
+            f"non-finite loss {row[0]:.4g} at epoch {epoch + 1}, optimiser step {step} (terms: {shown or 'none'})"
+            f"{checked}. Nothing was saved for this epoch; the last good checkpoint is {last if last else 'none'}. "
+            "Lower the learning rate or the loss weights, or try mixed_precision=no."
+        )
+
+    def check_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], epoch: int) -> None:
+        """:meth:`watch_loss` and :meth:`raise_if_nonfinite` at once: a synchronisation per call (prefer the two)."""
+        self.watch_loss(loss, terms)
+        self.raise_if_nonfinite(epoch)
 
     def _log_step(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
         values = {"train/loss_step": float(loss), "train/lr": optimizer.param_groups[0]["lr"]}
@@ -381,17 +820,36 @@ class Run:
 
     # --- checkpoints --------------------------------------------------------------------------
 
+    def _checkpoints(self) -> list[Path]:
+        """The complete checkpoint folders, oldest first (their names sort in training order)."""
+        if not self.checkpoint_dir.is_dir():
+            return []
+        return sorted(p for p in self.checkpoint_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
+
     def latest_checkpoint(self) -> Path | None:
         """The newest complete checkpoint folder (temporary folders of interrupted saves are ignored)."""
-        if not self.checkpoint_dir.is_dir():
-            return None
-        done = sorted(p for p in self.checkpoint_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
+        done = self._checkpoints()
         return done[-1] if done else None
 
-    def save_checkpoint(self) -> Path:
-        """Save the accelerator state into ``checkpoints/.tmp_epoch_XXXX``, then rename it to ``epoch_XXXX``."""
-        accelerator = self.accelerator
+    def _checkpoint_name(self) -> str:
+        # epoch_0003 < epoch_0003_step_00001234 < epoch_0004: names sort in training order.
         name = f"{CHECKPOINT_PREFIX}{self.state.epoch:04d}"
+        if self.state.partial is not None:
+            name += f"_step_{self.state.global_step:08d}"
+        return name
+
+    def save_checkpoint(self) -> Path:
+        """Save the accelerator state into ``checkpoints/.tmp_<name>``, then rename it to ``<name>``.
+
+        ``<name>`` is ``epoch_XXXX`` (completed epochs), plus ``_step_YYYYYYYY`` for a mid-epoch
+        (pre-emption) checkpoint, which also holds each process's registered objects (Accelerate
+        saves the main process's only; inside an epoch, e.g. the class prior's running sums differ).
+        The folder's files and sizes go to ``checkpoint.json``, everything is flushed to disk, and
+        only then is the folder renamed: a crash or kill at any moment leaves the previous complete
+        checkpoint as the newest. Signals during the save only set flags (see :meth:`stop_requested`).
+        """
+        accelerator = self.accelerator
+        name = self._checkpoint_name()
         final = self.checkpoint_dir / name
         tmp = self.checkpoint_dir / f"{TMP_PREFIX}{name}"
         if accelerator.is_main_process:
@@ -400,38 +858,119 @@ class Run:
                 shutil.rmtree(tmp)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
+        if self.state.partial is not None:
+            states = [obj.state_dict() for obj in accelerator._custom_objects]
+            torch.save(states, tmp / PROCESS_STATE.format(accelerator.process_index))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            if final.exists():
-                shutil.rmtree(final)
+            if self.config.signal_at_step and self._stop_signal is not None:
+                os.kill(os.getpid(), signal.SIGTERM)  # test knob: a second signal in the middle of the save
+            files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+            manifest = {
+                "epoch": self.state.epoch,
+                "global_step": self.state.global_step,
+                "mid_epoch": self.state.partial is not None,
+                "num_processes": accelerator.num_processes,
+                "files": files,
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+            _fsync_tree(tmp)
+            if final.exists():  # re-saved position: move the old copy aside first, so a kill never leaves half of it
+                old = self.checkpoint_dir / f"{TMP_PREFIX}old_{name}"
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
             os.replace(tmp, final)
+            _fsync_dir(self.checkpoint_dir)
             self._prune_checkpoints()
         accelerator.wait_for_everyone()
         return final
 
     def _prune_checkpoints(self) -> None:
         keep = max(self.config.keep_checkpoints, 1)
-        done = sorted(p for p in self.checkpoint_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
-        for old in done[:-keep]:
+        for old in self._checkpoints()[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
         for stale in self.checkpoint_dir.glob(f"{TMP_PREFIX}*"):
             shutil.rmtree(stale, ignore_errors=True)
 
     def resume(self) -> bool:
-        """With ``resume=true``, load the newest complete checkpoint (model, optimiser, RNG, registered objects).
+        """With ``resume=true`` or ``resume=auto``, load the newest usable checkpoint (model, optimiser, RNG,
+        registered objects, counters, position inside the epoch).
 
         Call it after ``prepare`` and after registering every object. Returns whether a checkpoint was
-        loaded; ``resume=true`` with no checkpoint starts from scratch (and says so).
+        loaded; with no checkpoint the run starts from scratch (and says so). A damaged checkpoint (a
+        file missing, shorter or longer than written, or unreadable) is moved aside to
+        ``damaged_<name>`` with a warning, and the previous complete one is loaded; every process
+        loads the same one. :class:`CheckpointError` when none is usable.
         """
-        if not self.config.resume:
+        mode = self.config.resume
+        if not mode:
             return False
-        latest = self.latest_checkpoint()
-        if latest is None:
-            self.print(f"resume=true but {self.checkpoint_dir} holds no checkpoint: starting from scratch")
+        candidates = self._checkpoints()
+        if not candidates:
+            self.print(f"resume={str(mode).lower()}: {self.checkpoint_dir} holds no checkpoint, starting from scratch")
             return False
-        self.accelerator.load_state(str(latest))
-        self.print(f"resumed from {latest} (epoch {self.state.epoch}, step {self.state.global_step})")
+        damaged: list[tuple[Path, str]] = []
+        for path in reversed(candidates):
+            problem = self._load_checkpoint(path)
+            problems = [p for p in gather_object([problem]) if p]  # agree: a file may fail on one process only
+            if not problems:
+                break
+            damaged.append((path, problems[0]))
+        else:
+            listing = "; ".join(f"{path}: {problem}" for path, problem in damaged)
+            raise CheckpointError(
+                f"no usable checkpoint to resume from in {self.checkpoint_dir} ({listing}). Restore the damaged "
+                f"files from a copy, or move {self.checkpoint_dir} away (or choose another output_dir=...) to "
+                "start the run over."
+            )
+        for bad, problem in damaged:
+            aside = bad.with_name(f"{DAMAGED_PREFIX}{bad.name}")
+            if self.is_main_process:
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(bad, aside)
+            self.print(
+                f"warning: checkpoint {bad} is damaged ({problem}); moved it to {aside} and resumed from the "
+                f"previous complete checkpoint {path} instead (the training after it is done again)"
+            )
+        self.accelerator.wait_for_everyone()
+        inside = self.state.partial
+        where = f", inside epoch {inside['epoch'] + 1}" if inside is not None else ""
+        self.print(f"resumed from {path} (epoch {self.state.epoch}, step {self.state.global_step}{where})")
         return True
+
+    def _load_checkpoint(self, path: Path) -> str | None:
+        """Load ``path`` into the run; ``None``, or what is wrong with it (the damaged file when known)."""
+        manifest, problem = _read_manifest(path)
+        if problem:
+            return problem
+        processes = self.accelerator.num_processes
+        if manifest.get("mid_epoch") and manifest.get("num_processes", processes) != processes:
+            saved = manifest["num_processes"]
+            previous = [p for p in self._checkpoints() if p < path]
+            instead = f"the previous checkpoint {previous[-1]}" if previous else "scratch"
+            raise CheckpointError(
+                f"{path} was saved inside an epoch by {saved} processes and holds each one's running state, so "
+                f"it resumes with exactly {saved} processes (this run has {processes}): launch with "
+                f"--num_processes {saved}, or move {path} away to resume from {instead}"
+            )
+        rank = self.accelerator.process_index
+        rng = path / f"random_states_{rank}.pkl"
+        if rng.is_file():  # Accelerate skips an unreadable RNG file silently: the resume would not be exact
+            try:
+                torch.load(rng, weights_only=False)
+            except Exception as err:
+                return f"{rng.name} cannot be read ({_short(err)})"
+        self.state.partial = None  # a checkpoint without the field is an epoch boundary
+        try:
+            self.accelerator.load_state(str(path))
+            own = path / PROCESS_STATE.format(rank)
+            if own.is_file():
+                states = torch.load(own, map_location="cpu", weights_only=False)
+                for obj, state in zip(self.accelerator._custom_objects, states, strict=True):
+                    obj.load_state_dict(state)
+        except Exception as err:
+            return _unreadable_file(path) or f"loading it failed ({_short(err)})"
+        return None
 
     # --- results ------------------------------------------------------------------------------
 
@@ -471,7 +1010,7 @@ class Run:
             "wall_clock_s": state.wall_seconds,
             "train_images_per_s": state.train_images / state.train_seconds if state.train_seconds else None,
             "num_processes": self.accelerator.num_processes,
-            "mixed_precision": self.config.mixed_precision,
+            "mixed_precision": self.accelerator.mixed_precision,  # what ran (config auto: the launcher's)
             "device": str(self.device),
             "git_revision": git_revision(),
             "versions": _versions(),
@@ -481,6 +1020,105 @@ class Run:
             write_json_atomic(payload, self.run_dir / "results.json")
         self.accelerator.end_training()
         return payload
+
+
+def _without_rng_draw(batches: Iterable[Any]) -> Iterator[Any]:
+    """Iterate ``batches`` leaving the global CPU RNG as if the iterator had never been created.
+
+    A DataLoader draws its workers' base seed from the global generator when an iterator starts: at
+    every epoch without workers, only at the first with persistent ones, and again for a loader
+    rebuilt to skip batches after a resume. The model's own draws (dropout, attack starts) would then
+    depend on where the run was resumed; samples are seeded per ``(seed, epoch, index)`` anyway.
+    """
+    iterator = iter(batches)
+    state = torch.get_rng_state()
+    try:
+        first = next(iterator)
+    except StopIteration:
+        return
+    finally:
+        torch.set_rng_state(state)
+    yield first
+    yield from iterator
+
+
+def _progress(
+    batches: int, sums: dict[str, torch.Tensor], micro_losses: list[torch.Tensor], images: int, start: float
+) -> dict[str, Any]:
+    """What :meth:`Run.train_epoch` needs to continue an epoch: position, running sums, timing."""
+    elapsed = time.perf_counter() - start
+    return {"batches": batches, "sums": sums, "micro_losses": micro_losses, "images": images, "seconds": elapsed}
+
+
+def _skip_first(loader: Any, batches: int) -> Any:
+    """``loader`` without the first ``batches`` batches of the epoch (resumed inside it); they are never loaded."""
+    if isinstance(loader, DeviceLoader):
+        return loader.skip_first(batches)
+    return skip_first_batches(loader, batches)
+
+
+def _short(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a directory; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file of ``folder`` to disk before it is renamed into place (a power cut keeps it whole)."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(folder)
+
+
+def _read_manifest(path: Path) -> tuple[dict[str, Any], str | None]:
+    """``checkpoint.json`` of ``path`` and the first missing or resized file it lists (older checkpoints: none)."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        return {}, None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = dict(manifest["files"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return {}, f"{MANIFEST} cannot be read ({_short(err)})"
+    for name, size in files.items():
+        file = path / name
+        if not file.is_file():
+            return manifest, f"{name} is missing"
+        actual = file.stat().st_size
+        if actual != size:
+            return manifest, f"{name} is {actual} bytes but {size} were written (truncated or altered)"
+    return manifest, None
+
+
+def _unreadable_file(path: Path) -> str | None:
+    """The first file of checkpoint ``path`` that does not load, and why (asked only after a failed load)."""
+    from safetensors.torch import load_file
+
+    for file in sorted(path.rglob("*")):
+        if not file.is_file() or file.suffix not in (".safetensors", ".bin", ".pkl", ".pt", ".pth"):
+            continue
+        try:
+            if file.suffix == ".safetensors":
+                load_file(file)
+            else:
+                torch.load(file, map_location="cpu", weights_only=False)
+        except Exception as err:
+            return f"{file.relative_to(path)} cannot be read ({_short(err)})"
+    return None
 
 
 def _versions() -> dict[str, str]:

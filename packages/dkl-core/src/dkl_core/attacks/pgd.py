@@ -90,18 +90,23 @@ def initial_point(
     kind: str,
     init_scale: float = 0.001,
     generator: torch.Generator | None = None,
+    project_start: bool = True,
 ) -> torch.Tensor:
-    """Starting point of the attack, projected into the ball and ``[0, 1]``.
+    """Starting point of the attack, projected into the ball and ``[0, 1]`` (unless ``project_start=False``).
 
     ``"normal"``: ``x + init_scale * N(0, 1)`` (TRADES and the released DKL code, ``init_scale=0.001``);
     ``"uniform"``: uniform in the L-inf ball, or a uniformly random direction with a uniform
-    radius in the L2 ball (Madry et al.); ``"none"``: ``x`` itself.
+    radius in the L2 ball (Madry et al.); ``"none"``: ``x`` itself. ``project_start=False`` returns
+    the ``"normal"`` start as drawn, as the released TRADES/AWP/DKL code does: its first gradient is
+    taken there even where the noise leaves the ball (``eps_t`` below 0.001 early in a ramp) or
+    ``[0, 1]``.
     """
     if kind == "none":
         return images.clone()
     if kind == "normal":
         noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-        return project(images + init_scale * noise, images, eps, norm)
+        start = images + init_scale * noise
+        return project(start, images, eps, norm) if project_start else start
     if kind == "uniform":
         if check_norm(norm) == "linf":
             noise = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
@@ -164,6 +169,7 @@ def pgd(
     eval_mode: bool = True,
     generator: torch.Generator | None = None,
     check_inputs: bool = True,
+    project_start: bool = True,
 ) -> torch.Tensor:
     r"""Projected gradient ascent on an attack loss inside an L-inf or L2 ball (Madry et al., ICLR 2018).
 
@@ -202,6 +208,9 @@ def pgd(
         generator: a ``torch.Generator`` for the random start (else the global RNG).
         check_inputs: validate shapes, ``[0, 1]`` range and the model's outputs (one ``min``/``max``
             over the images); switch off in tight training loops once the data are known good.
+        project_start: project the ``"normal"`` start into the ball and ``[0, 1]`` (default). ``False``
+            takes the first gradient at the unprojected start, as the released code does; every
+            later iterate, and the result, is projected either way.
 
     Returns:
         The adversarial images, detached, same shape as ``images`` (float32 or float64).
@@ -237,7 +246,9 @@ def pgd(
                     warn_if_probabilities(model(x_nat))
             else:
                 warn_if_probabilities(natural_logits)
-        x_adv = initial_point(x_nat, eps, norm, random_start, init_scale, generator)
+        x_adv = initial_point(x_nat, eps, norm, random_start, init_scale, generator, project_start)
+        if int(steps) == 0:
+            x_adv = project(x_adv, x_nat, eps, norm)  # the result is always in the ball
         for _ in range(int(steps)):
             grad = _gradient(model, x_adv, natural_logits, labels, loss_fn)
             if norm == "linf":
