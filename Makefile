@@ -8,6 +8,11 @@ PY := $(VENV)/bin/python
 PROJECTS := $(sort $(patsubst %/pyproject.toml,%,$(wildcard packages/*/pyproject.toml recipes/*/pyproject.toml)))
 EDITABLE := $(foreach p,$(PROJECTS),-e $(p)$(if $(filter packages/dkl-core,$(p)),[autoattack]))
 STAMP := $(VENV)/.installed
+# The install skips byte-compiling (pip --no-compile: a third of its time goes to compiling the 12,000 files of
+# torch and friends); Python then caches the bytecode of the modules it actually imports, the first time. A
+# PYTHONDONTWRITEBYTECODE in the environment would forbid that cache, and every process (each launched run, each
+# test) would compile torch again, about 6 s each, so the targets here run without it.
+unexport PYTHONDONTWRITEBYTECODE
 
 PYTEST_ARGS ?=
 ARGS ?=
