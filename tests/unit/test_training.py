@@ -12,20 +12,22 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 from dkl_train.config import BaseConfig, load_config
+from dkl_train.launch import (
+    TrackerNotInstalledError,
+    accelerate_config_file,
+    launch_sources,
+    launcher_options,
+    unused_gpu_warning,
+)
 from dkl_train.results import git_revision, write_json_atomic
 from dkl_train.training import (
     PREEMPTED_EXIT_CODE,
     CheckpointError,
     NonFiniteLossError,
     Run,
-    TrackerNotInstalledError,
     TrainingState,
-    accelerate_config_file,
     evaluate,
-    launch_sources,
-    launcher_options,
     learning_rate,
-    unused_gpu_warning,
 )
 
 

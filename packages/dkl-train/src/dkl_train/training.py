@@ -62,6 +62,7 @@ from tqdm.auto import tqdm
 
 from .config import BaseConfig, accelerator_precision, config_to_dict, flat_hparams, save_config
 from .data import DeviceLoader, TransformedDataset, make_loader, to_device
+from .launch import accelerate_config_file, check_trackers, launch_sources, launcher_options, unused_gpu_warning
 from .results import git_revision, write_json_atomic
 
 CHECKPOINT_PREFIX = "epoch_"
@@ -234,138 +235,6 @@ def evaluate(
         "loss": lo.mean().item(),
         "samples": int(c1.numel()),
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# Launch settings: how many processes and machines, which device and precision, and who decided
-
-
-class TrackerNotInstalledError(ImportError):
-    """A tracker named in ``report_to`` is not installed (the message gives the pip command)."""
-
-
-def check_trackers(names: Iterable[str]) -> None:
-    """Raise :class:`TrackerNotInstalledError` naming every tracker of ``report_to`` whose package is missing.
-
-    Accelerate silently drops such a tracker; a run that was meant to log to wandb must not run for days
-    without logging. Trackers are optional: only users who want one install it.
-    """
-    from accelerate.tracking import get_available_trackers
-
-    available = {str(t) for t in get_available_trackers()}
-    missing = [name for name in names if name not in available]
-    if missing:
-        raise TrackerNotInstalledError(
-            f"report_to names {', '.join(missing)}, which is not installed in this environment. "
-            f"Install it (`pip install {' '.join(missing)}`) or remove it from report_to (e.g. report_to=[tensorboard])."
-        )
-
-
-def launcher_options(pid: int | None = None) -> dict[str, str] | None:
-    """The options given to the ``accelerate launch`` that started this process, or ``None``.
-
-    ``accelerate launch`` starts the training processes as its children, so its command line is the
-    parent's (read from ``/proc``, i.e. on Linux; elsewhere, and under ``python``/``torchrun``, ``None``).
-    Options before the training script only: ``{"num_processes": "2", "cpu": ""}``.
-    """
-    try:
-        raw = Path(f"/proc/{pid or os.getppid()}/cmdline").read_bytes()
-    except OSError:
-        return None
-    argv = [a for a in raw.decode(errors="replace").split("\0") if a]
-    for i, arg in enumerate(argv):
-        if arg == "accelerate.commands.launch":
-            rest = argv[i + 1 :]
-            break
-        if Path(arg).name == "accelerate" and argv[i + 1 : i + 2] == ["launch"]:
-            rest = argv[i + 2 :]
-            break
-    else:
-        return None
-    options: dict[str, str] = {}
-    for j, arg in enumerate(rest):
-        if not arg.startswith("--"):
-            if arg.endswith(".py"):
-                break  # the training script: what follows is its own command line
-            continue  # the value of the previous option
-        name, eq, value = arg[2:].partition("=")
-        if not eq and j + 1 < len(rest) and not rest[j + 1].startswith("-") and not rest[j + 1].endswith(".py"):
-            value = rest[j + 1]
-        options[name.replace("-", "_")] = value
-    return options
-
-
-def accelerate_config_file(options: dict[str, str] | None) -> tuple[str | None, dict[str, Any]]:
-    """The saved ``accelerate config`` that ``accelerate launch`` read, and its settings (``(None, {})`` if none).
-
-    As Accelerate 1.x does: ``--config_file``, else the default file unless ``--cpu`` was given.
-    """
-    if options is None:
-        return None, {}
-    path = options.get("config_file")
-    if path is None:
-        from accelerate.commands.config import default_config_file
-
-        if "cpu" in options or not os.path.isfile(default_config_file):
-            return None, {}
-        path = default_config_file
-    try:
-        import yaml
-
-        values = yaml.safe_load(Path(path).read_text()) or {}  # JSON is YAML too
-    except (OSError, ValueError):
-        return path, {}
-    return path, values if isinstance(values, dict) else {}
-
-
-def launch_sources(
-    run_precision: str | None,
-    options: dict[str, str] | None,
-    config_file: str | None,
-    file_values: dict[str, Any],
-    env: dict[str, str],
-) -> dict[str, str]:
-    """Where the process count, machine count, device type and precision of this run came from.
-
-    One of: ``run config`` (precision written in the run's config), ``launcher flag``, ``accelerate config
-    <file>``, ``env <VAR>`` (started without ``accelerate launch``, e.g. torchrun or exported variables) or
-    ``detection`` (Accelerate's own: visible devices, one machine, no mixed precision).
-    """
-    launched = options is not None
-    saved = f"accelerate config {config_file}"
-
-    def source(flag: str, key: str, env_var: str) -> str:
-        if launched and flag in options:
-            return "launcher flag"
-        if launched and file_values.get(key) is not None:
-            return saved
-        if not launched and env_var in env:
-            return f"env {env_var}"
-        return "detection"
-
-    device = source("cpu", "use_cpu", "ACCELERATE_USE_CPU")
-    if device == saved and not file_values.get("use_cpu"):
-        device = "detection"  # a saved config decides the device only when it asks for the CPU
-    precision = source("mixed_precision", "mixed_precision", "ACCELERATE_MIXED_PRECISION")
-    if run_precision not in (None, "auto"):
-        precision = "run config"
-    return {
-        "processes": source("num_processes", "num_processes", "WORLD_SIZE"),
-        "machines": source("num_machines", "num_machines", "GROUP_WORLD_SIZE"),
-        "device": device,
-        "precision": precision,
-    }
-
-
-def unused_gpu_warning(visible: int, used: int) -> str | None:
-    """A warning when this machine has more GPUs than the run uses on it (``None`` when all are used)."""
-    if visible <= used:
-        return None
-    return (
-        f"warning: {visible} GPUs are visible on this machine but the run uses {used}. To use all of them, run "
-        f'`accelerate config` once (multi-GPU, {visible} processes) or pass LAUNCH_ARGS="--multi_gpu '
-        f'--num_processes {visible}"; set CUDA_VISIBLE_DEVICES to silence this on a shared machine.'
-    )
 
 
 # ----------------------------------------------------------------------------------------------
