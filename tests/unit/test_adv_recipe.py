@@ -279,7 +279,7 @@ def test_every_config_loads_and_states_its_target():
     for path in configs:
         text = path.read_text()
         assert text.startswith("# ") and "# Reproduces:" in text and "# Run:" in text, path.name
-        assert "shared/" not in text and "released weights" not in text, path.name
+        assert "released weights" not in text, path.name  # the checkpoints differ from the launch scripts: say which
         if path.name.startswith("eval_"):
             config = load_config(EvalConfig, path, ["checkpoint=x.pt"])
         else:
