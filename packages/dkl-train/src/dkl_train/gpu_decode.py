@@ -50,6 +50,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dkl_train.data import DatasetSpec, sample_seed
+from dkl_train.imagenet import PNG_SIGNATURE
 
 SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults, as in the pil backend
 RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -58,7 +59,6 @@ _LOG_RATIO = torch.log(torch.tensor(RATIO))  # float32, as torchvision computes 
 # JPEG start-of-frame markers the device decoder takes: baseline, extended and progressive Huffman.
 _DEVICE_SOF = {0xC0, 0xC1, 0xC2}
 _OTHER_SOF = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class EncodedImages:
@@ -118,7 +118,7 @@ def header_info(data: bytes) -> tuple[int, int, bool] | None:
     ``device_decodable`` is true for 8-bit JPEGs (baseline, extended or progressive) with 1 or 3
     components; CMYK (4 components), lossless or arithmetic-coded JPEGs and PNGs are decoded on the host.
     """
-    if data.startswith(_PNG_SIGNATURE) and len(data) >= 24:
+    if data.startswith(PNG_SIGNATURE) and len(data) >= 24:
         return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big"), False
     if not data.startswith(b"\xff\xd8"):
         return None

@@ -63,7 +63,7 @@ WNID = re.compile(r"^n\d{8}$")
 SHOW = 5  # how many offending names an error message lists
 
 _JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
-_PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND"
+PNG_SIGNATURE, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND"
 _TAIL = 64  # bytes read from the end of each file
 
 
@@ -139,7 +139,7 @@ def file_problem(path: str | Path) -> str | None:
         return "empty file"
     if head.startswith(_JPEG_START) and _JPEG_END in tail:
         return None
-    if head.startswith(_PNG_START) and _PNG_END in tail:
+    if head.startswith(PNG_SIGNATURE) and _PNG_END in tail:
         return None
     return _decode_problem(path)
 

@@ -152,6 +152,13 @@ def headline_metric(result: dict[str, Any]) -> tuple[str, float | None, float | 
     return KD_HEADLINE, _best(result, "top1"), _number(final.get("top1"))
 
 
+def adv_clean(result: dict[str, Any]) -> float | None:
+    """Clean accuracy of the weights whose AutoAttack robust accuracy is the adv headline (checkpoint average first)."""
+    attack = result.get("autoattack") or {}
+    averaged = (attack.get("weights") or {}).get("checkpoint_average") or {}
+    return _number(averaged.get("clean", attack.get("clean")))
+
+
 def paper_number(result: dict[str, Any]) -> float | None:
     """The paper's number for the headline metric of one run (``paper_top1`` / ``paper_autoattack``), or None."""
     config = result.get("config", {})

@@ -44,7 +44,7 @@ from typing import Any
 
 import yaml
 
-from .report import format_mean_std, headline_metric, paper_number
+from .report import adv_clean, format_mean_std, headline_metric, paper_number
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
 TASKS = ("kd", "adv", "ssl")
@@ -224,14 +224,6 @@ def run_state(task: str, folder: Path) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # The table
-
-
-def adv_clean(result: dict[str, Any]) -> float | None:
-    """Clean accuracy of the weights whose AutoAttack robust accuracy is the headline (checkpoint average first)."""
-    attack = result.get("autoattack") or {}
-    averaged = (attack.get("weights") or {}).get("checkpoint_average") or {}
-    value = averaged.get("clean", attack.get("clean"))
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _cell(values: list[float], expected: int, paper: float | None) -> str:
