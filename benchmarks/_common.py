@@ -52,14 +52,22 @@ def time_side_by_side(
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def write_results(name: str, payload: dict, table_rows: list[list[str]], header: list[str], notes: str = "") -> Path:
-    """Write ``results/<name>.json`` and ``results/<name>.md``; returns the Markdown path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+def write_results(
+    name: str,
+    payload: dict,
+    table_rows: list[list[str]],
+    header: list[str],
+    notes: str = "",
+    results_dir: Path | None = None,
+) -> Path:
+    """Write ``<results_dir>/<name>.json`` and ``.md`` (default: ``benchmarks/results``); returns the Markdown path."""
+    results_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows]
     markdown = f"# {name}\n\n{notes}\n\n" + "\n".join(lines) + "\n"
-    path = RESULTS_DIR / f"{name}.md"
+    path = results_dir / f"{name}.md"
     path.write_text(markdown)
     print(markdown)
     return path

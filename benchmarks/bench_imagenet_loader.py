@@ -6,20 +6,24 @@ hard-linked to reach the file count, so every read hits the page cache) is index
 ``make data``'s code and read back as the recipes read it (``build_datasets`` with ``data_backend`` pil
 or gpu). On this CPU, with one torch thread (one DataLoader worker's share of a core), it reports the
 seconds per sample of: reading a file's bytes; PIL's decode alone; a pil-backend worker sample
-(decode + RandomResizedCrop(224) + flip, or Resize(256) + CenterCrop(224), handed over as ``uint8``;
-and, for comparison, as the float32 normalised in the worker that the pil backend handed over before);
-a gpu-backend worker sample (the file's bytes, its header, the crop drawn; collated into one block);
-and the gpu backend's batched decode + crop + flip run on CPU tensors (on a GPU it runs on the device).
-It also times one real DataLoader worker per backend (batches of ``--batch-size``, inter-process
-transfer included). With ``--device cuda``: ``recipes/kd/train.py`` itself (ResNet34 -> ResNet18 IKL,
-the ImageNet config, bf16, channels_last, cudnn.benchmark, ``num_workers=auto``) trained over its real
-loader for each backend, and over one synthetic batch already on the device, in the same process;
-images/s are steady-state rates between the timestamps at which the step receives its batches (the
-first ``--warmup-steps`` left out: worker start, cuDNN autotuning). Compare end-to-end figures only
-with end-to-end figures.
+(decode + RandomResizedCrop(224) + flip, or Resize(256) + CenterCrop(224), handed over as ``uint8``);
+the same train sample handed over as float32 normalised in the worker, and as the recipes read it before
+the index in place (the JPEG's bytes from an Arrow copy, ``torch.manual_seed`` per sample, float32
+normalised in the worker: the baseline of the pil backend's speed-up); a gpu-backend worker sample (the
+file's bytes, its header, the crop drawn; collated into one block); and the gpu backend's batched
+decode + crop + flip run on CPU tensors (on a GPU it runs on the device). It also times one real
+DataLoader worker per backend (batches of ``--batch-size``, inter-process transfer included).
+
+With ``--device cuda`` (or ``--end-to-end`` on any device): ``recipes/kd/train.py`` itself (ResNet34 ->
+ResNet18 IKL, the ImageNet config, bf16, channels_last, cudnn.benchmark, ``num_workers=auto``) trained
+over its real loader for each backend, and over one synthetic batch already on the device, in the same
+process; images/s are steady-state rates between the timestamps at which the step receives its batches
+(the first ``--warmup-steps`` left out: worker start, cuDNN autotuning). Compare end-to-end figures
+only with end-to-end figures. ``--end-to-end`` on a CPU is a dry run of that path (tiny sizes), not a
+figure to quote.
 
 Usage: ``python -m benchmarks --only imagenet_loader [--device cuda] [--samples 48] [--repeats 5]
-[--batch-size 64] [--dir PATH]``.
+[--batch-size 64] [--dir PATH] [--results-dir PATH]``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import tempfile
 import time
 import warnings
 from contextlib import contextmanager
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +47,55 @@ from benchmarks.bench_imagenet_index import generate_tree
 from benchmarks.bench_kd import OneBatchLoader
 from dkl_train import imagenet
 from dkl_train.config import BaseConfig
-from dkl_train.data import TransformedDataset, build_datasets, build_transform, get_spec, make_loader
+from dkl_train.data import TransformedDataset, build_datasets, build_transform, get_spec, make_loader, sample_seed
 from dkl_train.gpu_decode import collate_encoded
 
 END_TO_END_TARGET = 3000.0  # images/s, R34 -> R18 IKL-KD, bf16, gpu backend, one H200
 SYNTHETIC_FRACTION_TARGET = 0.9
 WORKER_COST_TARGET = 10.0  # PIL decode / gpu-backend worker sample
+
+
+BEFORE_ROW = "pil worker: train sample as read before (Arrow row, torch.manual_seed, float32 normalised in the worker)"
+SPEEDUP_TARGET = 1.3  # the pil worker's train sample against BEFORE_ROW, per core
+
+
+class BeforeIndexInPlace:
+    """The per-sample path of the recipes before the index in place, kept here as the baseline.
+
+    ``make data`` copied every JPEG into an Arrow dataset (``datasets``' ``Image`` feature, read back with
+    ``load_from_disk``); a worker decoded the row's bytes with PIL, reseeded with ``torch.manual_seed``
+    (which also queues the seeding of every accelerator backend), cropped and resized the PIL image and
+    handed over float32 normalised in the worker. The same JPEGs and the same random draws as the pil
+    backend.
+    """
+
+    def __init__(self, paths: list[Path], spec: Any, arrow_dir: Path) -> None:
+        import datasets
+        from torchvision.transforms import v2
+
+        rows = {"image": [{"bytes": p.read_bytes(), "path": None} for p in paths], "label": [0] * len(paths)}
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+        datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(arrow_dir))
+        self.data = datasets.load_from_disk(str(arrow_dir))
+        self.transform = v2.Compose(
+            [
+                v2.RandomResizedCrop(spec.image_size, antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.ToImage(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(mean=list(spec.mean), std=list(spec.std)),
+            ]
+        )
+
+    def samples(self) -> list[torch.Tensor]:
+        out = []
+        for index in range(len(self.data)):
+            image = self.data[index]["image"]
+            if image.mode != "RGB":
+                image = image.convert("RGB")
+            torch.manual_seed(sample_seed(0, 0, index))
+            out.append(self.transform(image))
+        return out
 
 
 def prepare_tree(base: Path, classes: int, train_per_class: int, val_per_class: int, distinct: int) -> Path:
@@ -74,6 +122,8 @@ def per_core_costs(data_dir: Path, args) -> dict[str, float]:
     ]
     test_keys = [(0, int(i)) for i in rng.choice(len(pil_test), size=min(args.samples, len(pil_test)), replace=False)]
     paths = [pil_train.data.path(i) for _, i in train_keys]
+    # The baseline needs `datasets` (the old Arrow copy), which a lent GPU machine may lack.
+    before = BeforeIndexInPlace(paths, spec, data_dir / "arrow_before") if find_spec("datasets") else None
     encoded = collate_encoded(gpu_train.__getitems__(train_keys))
     decoder = gpu_train.batch_transform
     candidates = {
@@ -82,9 +132,8 @@ def per_core_costs(data_dir: Path, args) -> dict[str, float]:
         "pil worker: train sample (decode + RandomResizedCrop + flip, uint8)": lambda: pil_train.__getitems__(
             train_keys
         ),
-        "pil worker: train sample as float32 normalised in the worker (before)": lambda: float_train.__getitems__(
-            train_keys
-        ),
+        "pil worker: train sample as float32 normalised in the worker": lambda: float_train.__getitems__(train_keys),
+        **({BEFORE_ROW: before.samples} if before else {}),
         "pil worker: eval sample (decode + Resize + CenterCrop, uint8)": lambda: pil_test.__getitems__(test_keys),
         "gpu worker: train sample (bytes + header + crop draw, collated)": lambda: collate_encoded(
             gpu_train.__getitems__(train_keys)
@@ -125,10 +174,13 @@ def cpu_benchmark(args, data_dir: Path) -> tuple[dict[str, Any], list[list[str]]
     decode = per_sample["PIL decode alone (load_rgb)"]
     gpu_worker = per_sample["gpu worker: train sample (bytes + header + crop draw, collated)"]
     pil_worker = per_sample["pil worker: train sample (decode + RandomResizedCrop + flip, uint8)"]
+    speedup = per_sample[BEFORE_ROW] / pil_worker if BEFORE_ROW in per_sample else None
     payload = {
         "seconds_per_sample_one_thread": per_sample,
         "images_per_second_per_core": {name: 1.0 / value for name, value in per_sample.items()},
         "one_worker_dataloader_images_per_second": loader_rates,
+        "pil_worker_speedup_over_before": speedup,
+        "target_pil_worker_speedup_over_before": SPEEDUP_TARGET,
         "gpu_worker_cost_below_pil_decode": decode / gpu_worker,
         "gpu_worker_cost_below_pil_worker": pil_worker / gpu_worker,
         "target_gpu_worker_cost_below_pil_decode": WORKER_COST_TARGET,
@@ -140,6 +192,13 @@ def cpu_benchmark(args, data_dir: Path) -> tuple[dict[str, Any], list[list[str]]
     ]
     rows.append(
         [
+            "pil worker train sample vs as read before",
+            "",
+            f"{speedup:.2f}x faster (target >= {SPEEDUP_TARGET}x)" if speedup else "not measured: no `datasets`",
+        ]
+    )
+    rows.append(
+        [
             "gpu worker sample vs PIL decode alone / vs pil worker sample",
             "",
             f"{decode / gpu_worker:.1f}x / {pil_worker / gpu_worker:.1f}x less work (target >= {WORKER_COST_TARGET:.0f}x)",
@@ -149,7 +208,7 @@ def cpu_benchmark(args, data_dir: Path) -> tuple[dict[str, Any], list[list[str]]
 
 
 # ----------------------------------------------------------------------------------------------
-# --device cuda: the KD recipe end to end
+# --end-to-end (on with --device cuda): the KD recipe end to end
 
 
 class TimedLoader:
@@ -214,11 +273,11 @@ def recipe_rate(args, data_dir: Path, teacher_file: Path, out: Path, backend: st
             f"data_dir={data_dir}",
             f"data_backend={backend}",
             f"mixed_precision={args.precision}",
-            f"batch_size={args.cuda_batch_size}",
-            f"eval_batch_size={args.cuda_batch_size}",
+            f"batch_size={args.e2e_batch_size}",
+            f"eval_batch_size={args.e2e_batch_size}",
             "epochs=1",
-            f"max_steps_per_epoch={args.cuda_steps}",
-            f"eval_subset={args.cuda_batch_size}",
+            f"max_steps_per_epoch={args.e2e_steps}",
+            f"eval_subset={args.e2e_batch_size}",
             "evaluate_teacher=false",
             "teacher_pretrained=false",
             f"teacher_checkpoint={teacher_file}",
@@ -232,27 +291,29 @@ def recipe_rate(args, data_dir: Path, teacher_file: Path, out: Path, backend: st
         train(config)
     steady = stamps[args.warmup_steps :]
     if len(steady) < 2:
-        raise RuntimeError(f"only {len(stamps)} steps ran; raise --cuda-steps above --warmup-steps")
-    return args.cuda_batch_size * (len(steady) - 1) / (steady[-1] - steady[0])
+        raise RuntimeError(f"only {len(stamps)} steps ran; raise --e2e-steps above --warmup-steps")
+    return args.e2e_batch_size * (len(steady) - 1) / (steady[-1] - steady[0])
 
 
-def device_decode_rate(data_dir: Path, args) -> float:
-    """Images/s of the gpu backend's batched decode + crop + flip alone on the device (one batch, repeated)."""
+def device_decode_rate(data_dir: Path, args, device: torch.device) -> float:
+    """Images/s of the gpu backend's batched decode + crop + flip alone on ``device`` (one batch, repeated)."""
     train_set, _, _ = build_datasets(data_config(data_dir, "gpu"))
-    batch = collate_encoded(train_set.__getitems__([(0, i) for i in range(args.cuda_batch_size)]))
-    batch["label"] = batch["label"].cuda()
+    batch = collate_encoded(train_set.__getitems__([(0, i) for i in range(args.e2e_batch_size)]))
+    batch["label"] = batch["label"].to(device)
     seconds = time_side_by_side(
-        {"decode": lambda: train_set.batch_transform(batch)}, torch.device("cuda"), repeats=args.repeats, warmup=2
+        {"decode": lambda: train_set.batch_transform(batch)}, device, repeats=args.repeats, warmup=2
     )
-    return args.cuda_batch_size / seconds["decode"]
+    return args.e2e_batch_size / seconds["decode"]
 
 
-def cuda_benchmark(args, data_dir: Path, base: Path) -> tuple[dict[str, Any], list[list[str]]]:
+def end_to_end_benchmark(args, data_dir: Path, base: Path) -> tuple[dict[str, Any], list[list[str]]]:
     from dkl_train.models import create_model
+
+    device = torch.device(args.device)
 
     teacher_file = base / "teacher_resnet34.pth"  # random weights: the step's cost does not depend on them
     torch.save({"model": create_model("timm:resnet34.tv_in1k", 1000).state_dict()}, teacher_file)
-    rates = {"device decode + crop alone (gpu backend)": device_decode_rate(data_dir, args)}
+    rates = {"device decode + crop alone (gpu backend)": device_decode_rate(data_dir, args, device)}
     for name, backend, synthetic in (
         ("synthetic batch on the device", "pil", True),
         ("pil backend, real loader", "pil", False),
@@ -261,21 +322,21 @@ def cuda_benchmark(args, data_dir: Path, base: Path) -> tuple[dict[str, Any], li
         rates[name] = recipe_rate(args, data_dir, teacher_file, base / f"run_{backend}_{synthetic}", backend, synthetic)
     synthetic_rate = rates["synthetic batch on the device"]
     payload = {
-        "device": device_name(torch.device("cuda")),
+        "device": device_name(device),
         "host_cores": len(os.sched_getaffinity(0)),
         "precision": args.precision,
-        "batch_size": args.cuda_batch_size,
-        "steps": args.cuda_steps,
+        "batch_size": args.e2e_batch_size,
+        "steps": args.e2e_steps,
         "warmup_steps_left_out": args.warmup_steps,
         "images_per_s": rates,
         "fraction_of_synthetic": {k: v / synthetic_rate for k, v in rates.items() if "real loader" in k},
         "targets": {"gpu_backend_images_per_s": END_TO_END_TARGET, "fraction_of_synthetic": SYNTHETIC_FRACTION_TARGET},
     }
-    rows = [
-        [f"R34 -> R18 IKL-KD, recipes/kd/train.py, {name}" if "alone" not in name else name, f"{rate:,.0f} images/s",
-         f"{rate / synthetic_rate:.2f} of synthetic" if "real loader" in name else ""]
-        for name, rate in rates.items()
-    ]  # fmt: skip
+    rows = []
+    for name, rate in rates.items():
+        label = name if "alone" in name else f"R34 -> R18 IKL-KD, recipes/kd/train.py, {name}"
+        share = f" ({rate / synthetic_rate:.2f} of synthetic)" if "real loader" in name else ""
+        rows.append([label, "", f"{rate:,.0f} images/s{share}"])
     return payload, rows
 
 
@@ -291,12 +352,17 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="batch of the one-worker DataLoader")
     parser.add_argument("--loader-batches", type=int, default=4, help="batches timed per one-worker DataLoader")
     parser.add_argument("--precision", default="bf16", choices=["bf16", "no"])
-    parser.add_argument("--cuda-batch-size", type=int, default=256)
-    parser.add_argument("--cuda-steps", type=int, default=80, help="optimiser steps of each end-to-end run")
+    parser.add_argument(
+        "--end-to-end", action="store_true", help="also train recipes/kd/train.py over the real loader (on with cuda)"
+    )
+    parser.add_argument("--e2e-batch-size", type=int, default=256, help="global batch of the end-to-end runs")
+    parser.add_argument("--e2e-steps", type=int, default=80, help="optimiser steps of each end-to-end run")
     parser.add_argument("--warmup-steps", type=int, default=15, help="first steps left out of the rate")
     parser.add_argument("--dir", default=None, help="where to generate the tree (kept); default: a temporary folder")
+    parser.add_argument("--results-dir", default=None, help="where to write the results (default: benchmarks/results)")
     args, _ = parser.parse_known_args(argv)
     cuda = args.device == "cuda"
+    end_to_end = args.end_to_end or cuda
     classes = args.classes or (100 if cuda else 20)
     train_per_class = args.train_per_class or (300 if cuda else 20)
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -318,14 +384,16 @@ def main(argv: list[str]) -> None:
             "cpu": payload,
         }
         name = "imagenet_loader"
-        if cuda:
-            payload["cuda"], cuda_rows = cuda_benchmark(args, data_dir, base)
-            rows += cuda_rows
-            name = "imagenet_loader_cuda"
+        if end_to_end:
+            payload["end_to_end"], e2e_rows = end_to_end_benchmark(args, data_dir, base)
+            rows += e2e_rows
+            name = f"imagenet_loader_{args.device}" if cuda else "imagenet_loader_end_to_end_cpu"
     notes = (
-        __doc__.split("\n\n")[1]
+        "\n\n".join(__doc__.split("\n\n")[1:3])
         + f"\n\nMeasured on {payload['device']}: {classes} classes x ({train_per_class} train + {args.val_per_class} "
         f"val) images, {args.distinct} distinct JPEGs of {payload['tree']['mean_jpeg_bytes'] / 1000:.0f} KB on "
         f"average; per-sample times are medians of {args.repeats} interleaved rounds over {args.samples} samples."
     )
-    write_results(name, payload, rows, ["measured", "time per sample", "rate"], notes=notes)
+    write_results(
+        name, payload, rows, ["measured", "time per sample", "rate"], notes=notes, results_dir=args.results_dir
+    )

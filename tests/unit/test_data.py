@@ -218,3 +218,27 @@ def test_imagenet_transforms_give_uint8_224_crops_equal_to_the_float_path(train)
     as_float = D.TransformedDataset(rows, D.build_transform(spec, train), seed=1)[(2, 0)]["image"]
     assert as_uint8.dtype == torch.uint8 and as_uint8.shape == (3, 224, 224)
     assert torch.equal(D.DeviceNormalize.for_spec(spec).images(as_uint8[None])[0], as_float)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["RandomResizedCrop", "Resize256-CenterCrop224"])
+def test_imagenet_tensor_crops_match_torchvision_pil_crops_within_one_grey_level(train):
+    # ImageNet samples are cropped and resized as uint8 tensors (faster than PIL's resize): the same
+    # random draws, so the same region, and antialiased bilinear both ways.
+    from torchvision.transforms import v2
+
+    spec = D.get_spec("imagenet")
+    pixels = np.random.default_rng(0).integers(0, 256, size=(375, 500, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    if train:
+        on_pil = [v2.RandomResizedCrop(224, antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        on_pil = [v2.Resize(256, antialias=True), v2.CenterCrop(224)]
+    reference = v2.Compose([*on_pil, v2.PILToTensor()])
+    ours = D.build_transform(spec, train, output="uint8")
+    for seed in range(8):
+        torch.manual_seed(seed)
+        expected = reference(image).int()
+        torch.manual_seed(seed)
+        got = ours(image).as_subclass(torch.Tensor).int()
+        assert got.shape == expected.shape == (3, 224, 224)
+        assert (got - expected).abs().max() <= 1, seed
