@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one go, for a lent GPU machine that has torch/accelerate/timm but not this repo's
-# other pins: wheels for the rest travel in .whl/ (pyautoattack, datasets, dill, multiprocess).
+# other pins: wheels for the rest travel in .whl/ (pyautoattack, datasets, dill, multiprocess), which
+# `bash benchmarks/gpu_wheels.sh` fills here before the repo is sent.
 # Usage there: bash benchmarks/run_gpu.sh OUT_DIR [bench ...]   (default: losses attacks kd ssl adv)
 set -u
 out=${1:?usage: run_gpu.sh OUT_DIR [bench ...]}; shift
