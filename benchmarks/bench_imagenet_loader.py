@@ -98,6 +98,13 @@ class BeforeIndexInPlace:
         return out
 
 
+def library_versions() -> str:
+    import PIL
+    import torchvision
+
+    return f"torch {torch.__version__}, torchvision {torchvision.__version__}, Pillow {PIL.__version__}"
+
+
 def prepare_tree(base: Path, classes: int, train_per_class: int, val_per_class: int, distinct: int) -> Path:
     """Generate the tree under ``base`` and index it as ``make data`` does; returns the data folder."""
     root = generate_tree(base, classes, train_per_class, val_per_class, distinct)
@@ -374,6 +381,7 @@ def main(argv: list[str]) -> None:
         payload, rows = cpu_benchmark(args, data_dir)
         payload = {
             "device": f"CPU ({platform.processor() or platform.machine()}), {os.cpu_count()} cores visible",
+            "versions": library_versions(),
             "tree": {
                 "classes": classes,
                 "train_per_class": train_per_class,
@@ -390,7 +398,7 @@ def main(argv: list[str]) -> None:
             name = f"imagenet_loader_{args.device}" if cuda else "imagenet_loader_end_to_end_cpu"
     notes = (
         "\n\n".join(__doc__.split("\n\n")[1:3])
-        + f"\n\nMeasured on {payload['device']}: {classes} classes x ({train_per_class} train + {args.val_per_class} "
+        + f"\n\nMeasured on {payload['device']} ({payload['versions']}): {classes} classes x ({train_per_class} train + {args.val_per_class} "
         f"val) images, {args.distinct} distinct JPEGs of {payload['tree']['mean_jpeg_bytes'] / 1000:.0f} KB on "
         f"average; per-sample times are medians of {args.repeats} interleaved rounds over {args.samples} samples."
     )
