@@ -20,6 +20,8 @@ def ema_model(model: nn.Module, decay: float) -> AveragedModel:
     Call ``ema.update_parameters(model)`` after each optimiser step; the first call copies the weights.
     ``ema.module`` is the averaged network; ``ema`` has ``state_dict``/``load_state_dict`` so it can be
     registered for checkpointing. Pass the unwrapped model (``accelerator.unwrap_model(model)``).
+    Do not move the EMA with ``.to(device)``: its step counter ``n_averaged`` stays in host memory,
+    where torch reads it at every update without waiting for the device.
     """
     if not 0.0 <= decay < 1.0:
         raise ValueError(f"EMA decay must be in [0, 1), got {decay}")

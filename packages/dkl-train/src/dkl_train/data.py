@@ -273,8 +273,8 @@ def build_transform(
     CIFAR-sized data: RandomCrop(32, padding=4) + horizontal flip for training; ImageNet:
     RandomResizedCrop(224) + flip, and Resize(256) + CenterCrop(224) for evaluation. ImageNet images go
     to a ``uint8`` tensor straight after the decode and are cropped and resized as tensors (torchvision's
-    reference scripts' ``--backend tensor``): the same random draws as on the PIL image, about 3x
-    cheaper than PIL's resize, and within one grey level of it (antialiased bilinear both). ``normalize=False``
+    reference scripts' ``--backend tensor``): the same random draws as on the PIL image, cheaper than
+    PIL's resize, and within one grey level of it (antialiased bilinear both). ``normalize=False``
     keeps inputs in [0, 1] (adversarial training defines its threat model there). ``output="uint8"``
     ends at the ``uint8`` image and leaves scaling and normalisation to :class:`DeviceNormalize`
     (what :func:`build_datasets` does).
