@@ -56,3 +56,26 @@ def test_compiled_matches_reference_and_eager(case):
     for got, eager, expected in zip(results["compiled"], results["eager"], results["ref"], strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
         torch.testing.assert_close(got, eager, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager_loss", "compiled_loss"])
+def test_inside_a_compiled_training_step(compiled, recwarn):
+    # A user's torch.compile around model + loss: the same value and gradients as eager, with the loss's
+    # own compiled=True folded into the outer graph (no nested compile, no warning about it).
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, NUM_CLASSES).double()
+    images = torch.randn(4, 8, dtype=torch.float64)
+    teacher = 3 * torch.randn(4, NUM_CLASSES, dtype=torch.float64)
+
+    def step(images, teacher):
+        return ikl_loss(model(images), teacher, mse_weight=8.0, temperature=4.0, compiled=compiled)
+
+    results = []
+    for fn in (step, torch.compile(step)):
+        model.zero_grad()
+        value = fn(images, teacher)
+        value.backward()
+        results.append((value.detach(), model.weight.grad.clone(), model.bias.grad.clone()))
+    for got, expected in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert not [w for w in recwarn if "lru_cache" in str(w.message) or "cache wrapper" in str(w.message)]

@@ -177,7 +177,8 @@ class DecoupledTerms(torch.autograd.Function):
         compiled: bool,
         grad_enabled: bool,
     ) -> torch.Tensor:
-        forward = compiled_forward_terms() if compiled else forward_terms
+        # Inside a caller's torch.compile the outer graph already compiles these terms: no nested compile.
+        forward = compiled_forward_terms() if compiled and not torch.compiler.is_compiling() else forward_terms
         needs = tuple(grad_enabled and need for need in ctx.needs_input_grad[:3])
         loss, *saved, mse_scale = forward(student, teacher, weights, options, needs)
         ctx.save_for_backward(*saved)

@@ -160,6 +160,8 @@ def ikl_loss(
             where each op costs mostly its launch, that took IKL from 1.2-1.5x the time of a plain KL loss
             to 0.9-1.4x (H200, ``benchmarks/results/losses_cuda_*.md``). The first call with new constants
             or shapes compiles (seconds to a minute); the values equal the eager path's to rounding.
+            Inside a caller's ``torch.compile`` (a compiled training step) the outer graph compiles the
+            loss either way.
 
     Example:
         >>> student, teacher = torch.randn(8, 100, requires_grad=True), torch.randn(8, 100)
