@@ -10,11 +10,10 @@ prior (all-reduced), the checkpoint average and the held-out PGD validation (sha
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
+from tests.distributed._one_and_two import run_one_and_two, saved_weights, step_losses
 from tests.recipes.conftest import digits_dir, launch  # noqa: F401  (shared fixtures)
 
 ARGS = ["--config", "recipes/adv/configs/digits_ikl.yaml", "epochs=2", "max_steps_per_epoch=2", "batch_size=16",
@@ -25,12 +24,8 @@ ARGS = ["--config", "recipes/adv/configs/digits_ikl.yaml", "epochs=2", "max_step
 @pytest.mark.distributed
 def test_two_processes_equal_one(digits_dir, launch, tmp_path):  # noqa: F811
     common = [*ARGS, f"data_dir={digits_dir}"]
-    launch("recipes/adv/train.py", *common, f"output_dir={tmp_path / 'one'}")
-    launch("recipes/adv/train.py", *common, f"output_dir={tmp_path / 'two'}", processes=2)
-    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
-    assert one["num_processes"] == 1 and two["num_processes"] == 2
-    curve_one = [x for h in one["history"] for x in h["step_losses"]]
-    curve_two = [x for h in two["history"] for x in h["step_losses"]]
+    one, two = run_one_and_two(launch, "recipes/adv/train.py", common, tmp_path)
+    curve_one, curve_two = step_losses(one), step_losses(two)
     assert len(curve_one) == len(curve_two) == 4
     # Equal up to float summation order (all-reduce of gradients and of the AWP proxy's gradients); AdamW
     # divides by sqrt(v), which magnifies last-bit differences of tiny gradients in the weights a little.
@@ -44,6 +39,6 @@ def test_two_processes_equal_one(digits_dir, launch, tmp_path):  # noqa: F811
 
     assert torch.allclose(prior("one")["prior"], prior("two")["prior"], rtol=1e-5, atol=1e-8)
     for name in ("model.pth", "model_avg.pth"):
-        w1, w2 = (torch.load(tmp_path / d / name)["model"] for d in ("one", "two"))
+        w1, w2 = saved_weights(tmp_path, name)
         for key, value in w1.items():
             assert torch.allclose(value, w2[key], rtol=1e-3, atol=1e-4), (name, key)

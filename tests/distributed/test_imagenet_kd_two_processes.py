@@ -9,13 +9,13 @@ which process reads a sample.
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from tests.distributed._one_and_two import assert_same_trained_weights, run_one_and_two, step_losses
 from tests.recipes.conftest import launch  # noqa: F401  (shared fixture)
 from tests.unit.test_imagenet_index import Tree
 
@@ -54,16 +54,10 @@ def test_imagenet_pil_backend_two_processes_equal_one(tmp_path, launch):  # noqa
         "log_step_losses=true", "evaluate_teacher=false", "channels_last=false",
     ]  # fmt: skip
     # One process accumulating two micro-batches of 4 sees the halves the two processes see (see the digits test).
-    launch("recipes/kd/train.py", *common, f"output_dir={tmp_path / 'one'}", "gradient_accumulation_steps=2", threads=1)
-    launch("recipes/kd/train.py", *common, f"output_dir={tmp_path / 'two'}", processes=2)
-    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
-    assert one["num_processes"] == 1 and two["num_processes"] == 2
-    curve_one = [x for h in one["history"] for x in h["step_losses"]]
-    curve_two = [x for h in two["history"] for x in h["step_losses"]]
-    assert len(curve_one) == len(curve_two) == 2
-    assert curve_one == pytest.approx(curve_two, rel=1e-6)
+    one, two = run_one_and_two(
+        launch, "recipes/kd/train.py", common, tmp_path, one=["gradient_accumulation_steps=2"], threads=1
+    )
+    assert len(step_losses(one)) == len(step_losses(two)) == 2
+    assert step_losses(one) == pytest.approx(step_losses(two), rel=1e-6)
     assert one["final"]["samples"] == two["final"]["samples"] == 6
-    weights_one, weights_two = (torch.load(tmp_path / d / "model.pth")["model"] for d in ("one", "two"))
-    for name, value in weights_one.items():
-        if value.is_floating_point() and "running" not in name:  # BN running stats: DDP keeps rank 0's
-            assert torch.equal(value, weights_two[name]), name
+    assert_same_trained_weights(tmp_path)

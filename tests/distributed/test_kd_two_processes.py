@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
+from tests.distributed._one_and_two import assert_same_trained_weights, run_one_and_two, step_losses
 from tests.recipes.conftest import digits_dir, digits_teacher, launch  # noqa: F401  (shared fixtures)
 
 ARGS = ["--config", "recipes/kd/configs/digits_resnet14_resnet8_ikl.yaml", "student=resnet8", "teacher=resnet8",
@@ -20,15 +19,12 @@ def test_two_processes_equal_one(digits_dir, digits_teacher, launch, tmp_path): 
     # One process accumulating two micro-batches of 8 sees exactly the halves the two processes see
     # (BatchNorm statistics included), and a sum of two gradients rounds the same in either order, so with
     # the same thread count per process (kernels round differently with another) the runs agree bit for bit.
-    launch("recipes/kd/train.py", *common, f"output_dir={tmp_path / 'one'}", "gradient_accumulation_steps=2", threads=1)
-    launch("recipes/kd/train.py", *common, f"output_dir={tmp_path / 'two'}", processes=2)
-    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
-    assert two["num_processes"] == 2 and one["num_processes"] == 1
-    curve_one = [x for h in one["history"] for x in h["step_losses"]]
-    curve_two = [x for h in two["history"] for x in h["step_losses"]]
-    assert len(curve_one) == len(curve_two) == 6
+    one, two = run_one_and_two(
+        launch, "recipes/kd/train.py", common, tmp_path, one=["gradient_accumulation_steps=2"], threads=1
+    )
+    assert len(step_losses(one)) == len(step_losses(two)) == 6
     # The logged step loss is a mean over the processes (all-reduce), which may round in its last bit.
-    assert curve_one == pytest.approx(curve_two, rel=1e-6)
+    assert step_losses(one) == pytest.approx(step_losses(two), rel=1e-6)
     # Evaluation over 50 images (uneven over 2 processes): gather_for_metrics drops the padding.
     assert [h["test_samples"] for h in two["history"]] == [50, 50]
 
@@ -36,7 +32,4 @@ def test_two_processes_equal_one(digits_dir, digits_teacher, launch, tmp_path): 
         return torch.load(tmp_path / d / "checkpoints" / "epoch_0002" / "custom_checkpoint_1.pkl", weights_only=False)
 
     assert torch.allclose(prior("one")["prior"], prior("two")["prior"], rtol=1e-6, atol=1e-9)
-    weights_one, weights_two = (torch.load(tmp_path / d / "model.pth")["model"] for d in ("one", "two"))
-    for name, value in weights_one.items():
-        if value.is_floating_point() and "running" not in name:  # BN running stats: DDP keeps rank 0's
-            assert torch.equal(value, weights_two[name]), name
+    assert_same_trained_weights(tmp_path)
