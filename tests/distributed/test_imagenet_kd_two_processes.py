@@ -8,50 +8,19 @@ which process reads a sample.
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from tests.distributed._one_and_two import assert_same_trained_weights, run_one_and_two, step_losses
 from tests.recipes.conftest import launch  # noqa: F401  (shared fixture)
-from tests.unit.test_imagenet_index import Tree
-
-CONFIG = "recipes/kd/configs/imagenet_resnet34_resnet18_ikl.yaml"
-
-
-def textured_jpegs(count: int) -> list[bytes]:
-    rng = np.random.default_rng(0)
-    out = []
-    for n in range(count):
-        pixels = rng.integers(0, 256, size=(48 + 8 * n, 64, 3), dtype=np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
-        out.append(buffer.getvalue())
-    return out
+from tests.recipes.imagenet_tree import prepare_imagenet_run
 
 
 @pytest.mark.distributed
 def test_imagenet_pil_backend_two_processes_equal_one(tmp_path, launch):  # noqa: F811
-    from dkl_train.data import prepare
-    from dkl_train.models import create_model
-
-    tree = Tree(tmp_path / "imagenet")
-    textures = textured_jpegs(3)
-    for n, path in enumerate(sorted((tmp_path / "imagenet" / "train").rglob("*.JPEG"))):
-        path.write_bytes(textures[n % 3])
-    prepare("imagenet", tmp_path / "data", imagenet_dir=tree.roots["kaggle"])
-    torch.manual_seed(0)
-    teacher = tmp_path / "resnet34.pth"
-    torch.save(create_model("timm:resnet34", 1000).state_dict(), teacher)
-
     common = [
-        "--config", CONFIG, f"data_dir={tmp_path / 'data'}", "teacher_pretrained=false",
-        f"teacher_checkpoint={teacher}", "mixed_precision=no", "epochs=1", "warmup_epochs=0",
-        "max_steps_per_epoch=2", "batch_size=8", "eval_subset=6", "eval_batch_size=4", "num_workers=0",
-        "log_step_losses=true", "evaluate_teacher=false", "channels_last=false",
+        *prepare_imagenet_run(tmp_path), "epochs=1", "warmup_epochs=0", "max_steps_per_epoch=2", "batch_size=8",
+        "eval_subset=6", "eval_batch_size=4", "num_workers=0", "log_step_losses=true", "evaluate_teacher=false",
+        "channels_last=false",
     ]  # fmt: skip
     # One process accumulating two micro-batches of 4 sees the halves the two processes see (see the digits test).
     one, two = run_one_and_two(

@@ -10,28 +10,15 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from tests.unit.test_imagenet_index import Tree
-
-CONFIG = "recipes/kd/configs/imagenet_resnet34_resnet18_ikl.yaml"
+from tests.recipes.imagenet_tree import prepare_imagenet_run
 
 
 @pytest.mark.recipe
 def test_kd_trains_two_steps_on_an_imagenet_tree_read_in_place(tmp_path, launch):
-    from dkl_train.data import prepare
-    from dkl_train.models import create_model
-
-    tree = Tree(tmp_path / "imagenet")
-    prepare("imagenet", tmp_path / "data", imagenet_dir=tree.roots["kaggle"])
-    torch.manual_seed(0)
-    teacher = tmp_path / "resnet34.pth"
-    torch.save(create_model("timm:resnet34", 1000).state_dict(), teacher)
-
     run_dir = tmp_path / "run"
     launch(
-        "recipes/kd/train.py", "--config", CONFIG, f"data_dir={tmp_path / 'data'}", f"output_dir={run_dir}",
-        "teacher_pretrained=false", f"teacher_checkpoint={teacher}", "mixed_precision=no", "epochs=1",
+        "recipes/kd/train.py", *prepare_imagenet_run(tmp_path), f"output_dir={run_dir}", "epochs=1",
         "warmup_epochs=0", "max_steps_per_epoch=2", "batch_size=4", "eval_subset=4", "eval_batch_size=4",
         "num_workers=1", "log_every=1",
     )  # fmt: skip

@@ -71,10 +71,11 @@ def results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 
 
-def assert_same_run(a_dir: Path, b_dir: Path) -> None:
+def assert_same_run(a_dir: Path, b_dir: Path, steps: int = 8) -> None:
+    """The same per-epoch records, final metrics, weights and class prior; ``steps`` optimiser steps each."""
     a, b = results(a_dir), results(b_dir)
     assert [[h[k] for k in KEYS] for h in a["history"]] == [[h[k] for k in KEYS] for h in b["history"]]
-    assert a["final"] == b["final"] and a["global_steps"] == b["global_steps"] == 8
+    assert a["final"] == b["final"] and a["global_steps"] == b["global_steps"] == steps
     weights_a, weights_b = (torch.load(d / "model.pth")["model"] for d in (a_dir, b_dir))
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
     prior_a, prior_b = (
