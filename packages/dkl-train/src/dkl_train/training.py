@@ -16,7 +16,8 @@ A recipe owns its model, optimiser and loss; :class:`Run` owns everything around
   otherwise (requeued cluster jobs). A damaged newest checkpoint (a missing, truncated or unreadable
   file; each checkpoint lists its files and sizes in ``checkpoint.json``) is moved aside to
   ``damaged_<name>`` with a warning naming it and the previous complete checkpoint, which is loaded
-  instead; when none is usable the run stops with a :class:`CheckpointError` naming each damaged file;
+  instead; when none is usable the run stops with a :class:`CheckpointError` naming each damaged file
+  (the folder format, atomic writes and damage checks live in :mod:`dkl_train.checkpoints`);
 - pre-emption: on SIGTERM or SIGUSR1 (what SLURM sends before a time limit or on pre-emption) every
   process finishes its current optimiser step; the processes agree on the step to stop after, save
   a checkpoint ``epoch_XXXX_step_YYYYYYYY`` that also holds the position inside the epoch (the
@@ -42,10 +43,8 @@ A recipe owns its model, optimiser and loss; :class:`Run` owns everything around
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 import signal
 import threading
 import time
@@ -60,16 +59,20 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, gath
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoints import (
+    CheckpointError,
+    checkpoint_folders,
+    checkpoint_name,
+    damaged_path,
+    load_checkpoint,
+    move_aside,
+    write_checkpoint,
+)
 from .config import BaseConfig, accelerator_precision, config_to_dict, flat_hparams, save_config
 from .data import DeviceLoader, TransformedDataset, make_loader, to_device
 from .launch import accelerate_config_file, check_trackers, launch_sources, launcher_options, unused_gpu_warning
 from .results import git_revision, write_json_atomic
 
-CHECKPOINT_PREFIX = "epoch_"
-TMP_PREFIX = ".tmp_"
-DAMAGED_PREFIX = "damaged_"
-MANIFEST = "checkpoint.json"  # the files of a checkpoint and their sizes (truncation check on resume)
-PROCESS_STATE = "process_state_{}.pkl"  # mid-epoch checkpoints: each process's registered objects
 # The exit status of a run stopped by SIGTERM/SIGUSR1 after saving its checkpoint: 128 + SIGTERM, what
 # a shell reports for a process ended by SIGTERM, so schedulers and job scripts requeue both alike.
 PREEMPTED_EXIT_CODE = 143
@@ -118,13 +121,6 @@ def _scalar(value: Any, device: torch.device) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach().float().reshape(()).to(device)
     return torch.full((), float(value), device=device)
-
-
-class CheckpointError(FileNotFoundError):
-    """No usable checkpoint to resume from; the message names the damaged files and what to do.
-
-    A :class:`FileNotFoundError`, so the recipes' entry points print it as one line, without a traceback.
-    """
 
 
 @dataclass
@@ -691,75 +687,37 @@ class Run:
 
     def _checkpoints(self) -> list[Path]:
         """The complete checkpoint folders, oldest first (their names sort in training order)."""
-        if not self.checkpoint_dir.is_dir():
-            return []
-        return sorted(p for p in self.checkpoint_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
+        return checkpoint_folders(self.checkpoint_dir)
 
     def latest_checkpoint(self) -> Path | None:
         """The newest complete checkpoint folder (temporary folders of interrupted saves are ignored)."""
         done = self._checkpoints()
         return done[-1] if done else None
 
-    def _checkpoint_name(self) -> str:
-        # epoch_0003 < epoch_0003_step_00001234 < epoch_0004: names sort in training order.
-        name = f"{CHECKPOINT_PREFIX}{self.state.epoch:04d}"
-        if self.state.partial is not None:
-            name += f"_step_{self.state.global_step:08d}"
-        return name
-
     def save_checkpoint(self) -> Path:
-        """Save the accelerator state into ``checkpoints/.tmp_<name>``, then rename it to ``<name>``.
+        """Save the run as ``checkpoints/<name>`` atomically (:func:`~dkl_train.checkpoints.write_checkpoint`).
 
         ``<name>`` is ``epoch_XXXX`` (completed epochs), plus ``_step_YYYYYYYY`` for a mid-epoch
-        (pre-emption) checkpoint, which also holds each process's registered objects (Accelerate
-        saves the main process's only; inside an epoch, e.g. the class prior's running sums differ).
-        The folder's files and sizes go to ``checkpoint.json``, everything is flushed to disk, and
-        only then is the folder renamed: a crash or kill at any moment leaves the previous complete
-        checkpoint as the newest. Signals during the save only set flags (see :meth:`stop_requested`).
+        (pre-emption) checkpoint, which also holds each process's registered objects (inside an epoch,
+        e.g. the class prior's running sums differ). Signals during the save only set flags (see
+        :meth:`stop_requested`).
         """
-        accelerator = self.accelerator
-        name = self._checkpoint_name()
-        final = self.checkpoint_dir / name
-        tmp = self.checkpoint_dir / f"{TMP_PREFIX}{name}"
-        if accelerator.is_main_process:
-            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            if tmp.exists():
-                shutil.rmtree(tmp)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        if self.state.partial is not None:
-            states = [obj.state_dict() for obj in accelerator._custom_objects]
-            torch.save(states, tmp / PROCESS_STATE.format(accelerator.process_index))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            if self.config.signal_at_step and self._stop_signal is not None:
-                os.kill(os.getpid(), signal.SIGTERM)  # test knob: a second signal in the middle of the save
-            files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
-            manifest = {
-                "epoch": self.state.epoch,
-                "global_step": self.state.global_step,
-                "mid_epoch": self.state.partial is not None,
-                "num_processes": accelerator.num_processes,
-                "files": files,
-            }
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-            _fsync_tree(tmp)
-            if final.exists():  # re-saved position: move the old copy aside first, so a kill never leaves half of it
-                old = self.checkpoint_dir / f"{TMP_PREFIX}old_{name}"
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-            os.replace(tmp, final)
-            _fsync_dir(self.checkpoint_dir)
-            self._prune_checkpoints()
-        accelerator.wait_for_everyone()
-        return final
+        mid_epoch = self.state.partial is not None
+        during_save = None
+        if self.config.signal_at_step and self._stop_signal is not None:
 
-    def _prune_checkpoints(self) -> None:
-        keep = max(self.config.keep_checkpoints, 1)
-        for old in self._checkpoints()[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        for stale in self.checkpoint_dir.glob(f"{TMP_PREFIX}*"):
-            shutil.rmtree(stale, ignore_errors=True)
+            def during_save() -> None:
+                os.kill(os.getpid(), signal.SIGTERM)  # test knob: a second signal in the middle of the save
+
+        return write_checkpoint(
+            self.accelerator,
+            self.checkpoint_dir,
+            checkpoint_name(self.state.epoch, self.state.global_step, mid_epoch),
+            {"epoch": self.state.epoch, "global_step": self.state.global_step},
+            mid_epoch=mid_epoch,
+            keep=self.config.keep_checkpoints,
+            during_save=during_save,
+        )
 
     def resume(self) -> bool:
         """With ``resume=true`` or ``resume=auto``, load the newest usable checkpoint (model, optimiser, RNG,
@@ -793,12 +751,10 @@ class Run:
                 "start the run over."
             )
         for bad, problem in damaged:
-            aside = bad.with_name(f"{DAMAGED_PREFIX}{bad.name}")
             if self.is_main_process:
-                shutil.rmtree(aside, ignore_errors=True)
-                os.replace(bad, aside)
+                move_aside(bad)
             self.print(
-                f"warning: checkpoint {bad} is damaged ({problem}); moved it to {aside} and resumed from the "
+                f"warning: checkpoint {bad} is damaged ({problem}); moved it to {damaged_path(bad)} and resumed from the "
                 f"previous complete checkpoint {path} instead (the training after it is done again)"
             )
         self.accelerator.wait_for_everyone()
@@ -809,37 +765,8 @@ class Run:
 
     def _load_checkpoint(self, path: Path) -> str | None:
         """Load ``path`` into the run; ``None``, or what is wrong with it (the damaged file when known)."""
-        manifest, problem = _read_manifest(path)
-        if problem:
-            return problem
-        processes = self.accelerator.num_processes
-        if manifest.get("mid_epoch") and manifest.get("num_processes", processes) != processes:
-            saved = manifest["num_processes"]
-            previous = [p for p in self._checkpoints() if p < path]
-            instead = f"the previous checkpoint {previous[-1]}" if previous else "scratch"
-            raise CheckpointError(
-                f"{path} was saved inside an epoch by {saved} processes and holds each one's running state, so "
-                f"it resumes with exactly {saved} processes (this run has {processes}): launch with "
-                f"--num_processes {saved}, or move {path} away to resume from {instead}"
-            )
-        rank = self.accelerator.process_index
-        rng = path / f"random_states_{rank}.pkl"
-        if rng.is_file():  # Accelerate skips an unreadable RNG file silently: the resume would not be exact
-            try:
-                torch.load(rng, weights_only=False)
-            except Exception as err:
-                return f"{rng.name} cannot be read ({_short(err)})"
         self.state.partial = None  # a checkpoint without the field is an epoch boundary
-        try:
-            self.accelerator.load_state(str(path))
-            own = path / PROCESS_STATE.format(rank)
-            if own.is_file():
-                states = torch.load(own, map_location="cpu", weights_only=False)
-                for obj, state in zip(self.accelerator._custom_objects, states, strict=True):
-                    obj.load_state_dict(state)
-        except Exception as err:
-            return _unreadable_file(path) or f"loading it failed ({_short(err)})"
-        return None
+        return load_checkpoint(self.accelerator, path)
 
     # --- results ------------------------------------------------------------------------------
 
@@ -924,70 +851,6 @@ def _skip_first(loader: Any, batches: int) -> Any:
     if isinstance(loader, DeviceLoader):
         return loader.skip_first(batches)
     return skip_first_batches(loader, batches)
-
-
-def _short(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot sync a directory; the rename is still atomic
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Flush every file of ``folder`` to disk before it is renamed into place (a power cut keeps it whole)."""
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-    _fsync_dir(folder)
-
-
-def _read_manifest(path: Path) -> tuple[dict[str, Any], str | None]:
-    """``checkpoint.json`` of ``path`` and the first missing or resized file it lists (older checkpoints: none)."""
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        return {}, None
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        files = dict(manifest["files"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        return {}, f"{MANIFEST} cannot be read ({_short(err)})"
-    for name, size in files.items():
-        file = path / name
-        if not file.is_file():
-            return manifest, f"{name} is missing"
-        actual = file.stat().st_size
-        if actual != size:
-            return manifest, f"{name} is {actual} bytes but {size} were written (truncated or altered)"
-    return manifest, None
-
-
-def _unreadable_file(path: Path) -> str | None:
-    """The first file of checkpoint ``path`` that does not load, and why (asked only after a failed load)."""
-    from safetensors.torch import load_file
-
-    for file in sorted(path.rglob("*")):
-        if not file.is_file() or file.suffix not in (".safetensors", ".bin", ".pkl", ".pt", ".pth"):
-            continue
-        try:
-            if file.suffix == ".safetensors":
-                load_file(file)
-            else:
-                torch.load(file, map_location="cpu", weights_only=False)
-        except Exception as err:
-            return f"{file.relative_to(path)} cannot be read ({_short(err)})"
-    return None
 
 
 def _versions() -> dict[str, str]:
