@@ -30,6 +30,7 @@ def test_imagenet_gpu_backend_preempted_mid_epoch_then_resumed_equals_uninterrup
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     status, out = run_in_own_group([*command, f"output_dir={straight}"])
     assert status == 0, out[-3000:]
+    assert "warning: data_backend=gpu decodes and crops every batch in the training process" in out
     status, out = run_in_own_group([*command, f"output_dir={stopped}", "signal_at_step=3"])
     assert status == PREEMPTED_EXIT_CODE and "stopped after optimiser step 3 (inside epoch 2)" in out, out[-3000:]
     status, out = run_in_own_group([*command, f"output_dir={stopped}", "resume=auto"])

@@ -15,6 +15,7 @@ from dkl_train.config import BaseConfig, load_config
 from dkl_train.launch import (
     TrackerNotInstalledError,
     accelerate_config_file,
+    gpu_backend_on_cpu_warning,
     launch_sources,
     launcher_options,
     unused_gpu_warning,
@@ -352,6 +353,12 @@ def test_idle_gpus_are_warned_about():
     assert unused_gpu_warning(8, 8) is None and unused_gpu_warning(0, 0) is None
     warning = unused_gpu_warning(8, 1)
     assert "8 GPUs are visible" in warning and "uses 1" in warning and "--num_processes 8" in warning
+
+
+def test_the_gpu_data_backend_without_a_gpu_is_warned_about():
+    assert gpu_backend_on_cpu_warning("gpu", "cuda") is None and gpu_backend_on_cpu_warning("pil", "cpu") is None
+    warning = gpu_backend_on_cpu_warning("gpu", "cpu")
+    assert "cpu device" in warning and "Use data_backend=pil" in warning
 
 
 def test_a_tracker_that_is_not_installed_is_named_with_its_pip_command(tmp_path):

@@ -139,3 +139,14 @@ def unused_gpu_warning(visible: int, used: int) -> str | None:
         f'`accelerate config` once (multi-GPU, {visible} processes) or pass LAUNCH_ARGS="--multi_gpu '
         f'--num_processes {visible}"; set CUDA_VISIBLE_DEVICES to silence this on a shared machine.'
     )
+
+
+def gpu_backend_on_cpu_warning(data_backend: str, device_type: str) -> str | None:
+    """A warning when ``data_backend=gpu`` runs on a device without nvJPEG (``None`` otherwise)."""
+    if data_backend != "gpu" or device_type == "cuda":
+        return None
+    return (
+        f"warning: data_backend=gpu decodes and crops every batch in the training process; on a {device_type} "
+        "device that runs on the host, one batch at a time, and is slower than the pil backend's parallel "
+        "workers. Use data_backend=pil here (the gpu backend is for a CUDA device with too few host cores)."
+    )

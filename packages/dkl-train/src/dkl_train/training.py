@@ -70,7 +70,14 @@ from .checkpoints import (
 )
 from .config import BaseConfig, accelerator_precision, config_to_dict, flat_hparams, save_config
 from .data import DeviceLoader, TransformedDataset, make_loader, to_device
-from .launch import accelerate_config_file, check_trackers, launch_sources, launcher_options, unused_gpu_warning
+from .launch import (
+    accelerate_config_file,
+    check_trackers,
+    gpu_backend_on_cpu_warning,
+    launch_sources,
+    launcher_options,
+    unused_gpu_warning,
+)
 from .results import git_revision, write_json_atomic
 
 # The exit status of a run stopped by SIGTERM/SIGUSR1 after saving its checkpoint: 128 + SIGTERM, what
@@ -305,7 +312,8 @@ class Run:
         self.accelerator.init_trackers(tracker_name, config=flat_hparams(config), init_kwargs=init_kwargs)
 
     def _print_launch(self) -> None:
-        """One line: processes, machines, device, precision and the source of each; warn about idle GPUs."""
+        """One line: processes, machines, device, precision and the source of each; warn about idle GPUs and a gpu
+        data backend without a GPU."""
         accelerator = self.accelerator
         options = launcher_options()
         config_file, file_values = accelerate_config_file(options)
@@ -323,8 +331,11 @@ class Run:
             f"{accelerator.mixed_precision} ({sources['precision']}{overridden})"
         )
         used_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if accelerator.device.type == "cuda" else 0
-        warning = unused_gpu_warning(torch.cuda.device_count() if torch.cuda.is_available() else 0, used_here)
-        if warning:
+        warnings = [
+            unused_gpu_warning(torch.cuda.device_count() if torch.cuda.is_available() else 0, used_here),
+            gpu_backend_on_cpu_warning(getattr(self.config, "data_backend", "pil"), accelerator.device.type),
+        ]
+        for warning in filter(None, warnings):
             self.print(warning)
 
     # --- small conveniences -------------------------------------------------------------------
