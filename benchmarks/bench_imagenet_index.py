@@ -1,26 +1,25 @@
-"""Indexing ImageNet in place, and the PIL path's cost per sample, on a generated tree of realistic JPEGs.
+"""Indexing ImageNet in place on a generated tree of realistic JPEGs, up to ImageNet-1k's full file count.
 
 The tree has ImageNet's folders: ``train/<wnid>/<wnid>_<k>.JPEG`` and a flat ``val/`` of
 ``ILSVRC2012_val_<n>.JPEG`` labelled by Kaggle's ``LOC_val_solution.csv``. Its images are 500x375 (and
 375x500) JPEGs at quality 90, about 100 KB like ImageNet's average: a few distinct ones are encoded and
 then hard-linked to reach the file count, so the tree costs little disk. Reported: the time of
-``dkl_train.imagenet.build_index`` (listing in threads, file check included and left out) and
-its files/s, with the time for ImageNet-1k's 1,331,167 files extrapolated linearly from it; then, in one
-process with one torch thread (one DataLoader worker's share of a core), the seconds per sample of the
-PIL path: reading the file's bytes, decoding it (``load_rgb``), and a whole training / evaluation
-sample through ``TransformedDataset`` (RandomResizedCrop(224) + flip, or Resize(256) + CenterCrop(224),
-then float32 and normalisation). The files are hard links to a few inodes read again and again, so
-every read hits the page cache: a cold local disk or a network file system adds its latency to the index
-time (per file, spread over the listing threads).
+``dkl_train.imagenet.build_index`` (listing in threads, file check included and left out) and its
+files/s; below ImageNet-1k's 1,331,167 files, the time for that many extrapolated linearly (``--train-per-class
+1281 --val-per-class 50`` generates the full count and measures it). The files are hard links to a few
+inodes read again and again, so every read hits the page cache: a cold local disk or a network file
+system adds its latency to the index time (per file, spread over the listing threads). The cost per
+sample of reading the images is ``bench_imagenet_loader``'s.
 
 Usage: ``python -m benchmarks --only imagenet_index [--classes 1000] [--train-per-class 20]
-[--val-per-class 10] [--samples 40] [--repeats 5] [--dir PATH]``.
+[--val-per-class 10] [--index-rounds 3] [--dir PATH]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import math
 import os
 import platform
 import tempfile
@@ -29,13 +28,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from benchmarks._common import time_side_by_side, write_results
+from benchmarks._common import write_results
 from dkl_train import imagenet
-from dkl_train.data import TransformedDataset, build_transform, get_spec
 
 IMAGENET_FILES = 1_281_167 + 50_000  # ImageNet-1k train + val
+MAX_LINKS = 60_000  # hard links per distinct JPEG (ext4 stops at 65,000)
 
 
 def realistic_jpeg(seed: int, size: tuple[int, int] = (500, 375), quality: int = 90) -> bytes:
@@ -61,6 +59,8 @@ def generate_tree(base: Path, classes: int, train_per_class: int, val_per_class:
     """An ImageNet-format tree under ``base/imagenet`` (hard links to ``distinct`` encoded JPEGs); returns its root."""
     pool = base / "pool"
     pool.mkdir(parents=True, exist_ok=True)
+    # ext4 allows 65,000 links to one file: ImageNet's full count needs at least 21 distinct JPEGs.
+    distinct = max(distinct, math.ceil(classes * (train_per_class + val_per_class) / MAX_LINKS))
     sources = []
     for i in range(distinct):
         path = pool / f"{i}.JPEG"
@@ -101,27 +101,11 @@ def time_index(root: Path, classes: int, check_files: bool, rounds: int) -> floa
     return float(np.median(seconds[1:]))
 
 
-def sample_costs(root: Path, args) -> dict[str, float]:
-    """Median seconds per sample of each stage of the PIL path, one thread, over ``args.samples`` files."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", imagenet.ImageNetWarning)
-        index = imagenet.build_index(root, num_classes=args.classes, check_files=False)
-    # The split the recipes get: written, then read back as `make data` and `load_prepared` do.
-    split = imagenet.load_index(imagenet.write_index(index, root.parent / "index"), "make data")["train"]
-    picks = np.random.default_rng(0).choice(len(split), size=min(args.samples, len(split)), replace=False)
-    spec = get_spec("imagenet")
-    train_set = TransformedDataset(split, build_transform(spec, train=True), seed=0)
-    eval_set = TransformedDataset(split, build_transform(spec, train=False))
-    paths = [split.path(int(i)) for i in picks]
-
-    candidates = {
-        "read the file's bytes": lambda: [p.read_bytes() for p in paths],
-        "decode (load_rgb)": lambda: [imagenet.load_rgb(p) for p in paths],
-        "train sample (decode + RandomResizedCrop + flip + normalise)": lambda: [train_set[int(i)] for i in picks],
-        "eval sample (decode + Resize + CenterCrop + normalise)": lambda: [eval_set[int(i)] for i in picks],
-    }
-    seconds = time_side_by_side(candidates, torch.device("cpu"), repeats=args.repeats, warmup=1)
-    return {name: value / len(picks) for name, value in seconds.items()}
+def full_scale(seconds: float, files: int) -> str:
+    """ImageNet-1k's scale: the measured time when the tree has about its file count, else extrapolated."""
+    if files >= 0.99 * IMAGENET_FILES:
+        return f"{seconds / 60:.1f} min for {files:,} files (measured, ImageNet-1k's scale)"
+    return f"{seconds * IMAGENET_FILES / files / 60:.1f} min for {IMAGENET_FILES:,} files (extrapolated)"
 
 
 def main(argv: list[str]) -> None:
@@ -130,27 +114,19 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--train-per-class", type=int, default=20)
     parser.add_argument("--val-per-class", type=int, default=10)
     parser.add_argument("--distinct", type=int, default=16, help="distinct JPEGs encoded (the rest are hard links)")
-    parser.add_argument("--samples", type=int, default=40, help="files per timed call of the PIL path")
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--index-rounds", type=int, default=3)
     parser.add_argument("--dir", default=None, help="where to generate the tree (kept); default: a temporary folder")
     args, _ = parser.parse_known_args(argv)
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one worker's share: DataLoader workers run one torch thread each
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            base = Path(args.dir) if args.dir else Path(tmp)
-            start = time.perf_counter()
-            root = generate_tree(base, args.classes, args.train_per_class, args.val_per_class, args.distinct)
-            generated = time.perf_counter() - start
-            files = args.classes * (args.train_per_class + args.val_per_class)
-            sizes = [p.stat().st_size for p in (base / "pool").iterdir()]
-            index_checked = time_index(root, args.classes, True, args.index_rounds)
-            index_listed = time_index(root, args.classes, False, args.index_rounds)
-            per_sample = sample_costs(root, args)
-    finally:
-        torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(args.dir) if args.dir else Path(tmp)
+        start = time.perf_counter()
+        root = generate_tree(base, args.classes, args.train_per_class, args.val_per_class, args.distinct)
+        generated = time.perf_counter() - start
+        files = args.classes * (args.train_per_class + args.val_per_class)
+        sizes = [p.stat().st_size for p in (base / "pool").iterdir()]
+        index_checked = time_index(root, args.classes, True, args.index_rounds)
+        index_listed = time_index(root, args.classes, False, args.index_rounds)
 
     payload = {
         "device": f"CPU ({platform.processor() or platform.machine()}), {os.cpu_count()} cores visible",
@@ -159,7 +135,7 @@ def main(argv: list[str]) -> None:
             "train_per_class": args.train_per_class,
             "val_per_class": args.val_per_class,
             "files": files,
-            "distinct_jpegs": args.distinct,
+            "distinct_jpegs": len(sizes),
             "mean_jpeg_bytes": int(np.mean(sizes)),
             "generate_seconds": round(generated, 2),
         },
@@ -169,8 +145,6 @@ def main(argv: list[str]) -> None:
             "with_file_check": IMAGENET_FILES * index_checked / files,
             "listing_only": IMAGENET_FILES * index_listed / files,
         },
-        "seconds_per_sample_one_thread": per_sample,
-        "images_per_second_per_core": {name: 1.0 / value for name, value in per_sample.items()},
     }
     rows = []
     for kind, key in (("with the file check", "with_file_check"), ("listing only", "listing_only")):
@@ -178,17 +152,15 @@ def main(argv: list[str]) -> None:
             [
                 f"index {files:,} files, {kind}",
                 f"{payload['index_seconds'][key]:.2f} s ({payload['index_files_per_second'][key]:,.0f} files/s)",
-                f"{payload['imagenet_1k_extrapolated_seconds'][key] / 60:.1f} min for 1,331,167 files (extrapolated)",
+                full_scale(payload["index_seconds"][key], files),
             ]
         )
-    for name, value in per_sample.items():
-        rows.append([name, f"{value * 1e3:.2f} ms per sample", f"{1.0 / value:,.0f} images/s per core"])
     tree = payload["tree"]
     notes = (
         __doc__.split("\n\n")[1]
         + f"\n\nMeasured on {payload['device']}: {tree['classes']} classes x ({tree['train_per_class']} train + "
         f"{tree['val_per_class']} val) images, {tree['distinct_jpegs']} distinct JPEGs of "
         f"{tree['mean_jpeg_bytes'] / 1000:.0f} KB on average; index times are medians of {args.index_rounds} "
-        f"warm runs, per-sample times medians of {args.repeats} rounds over {args.samples} files."
+        f"warm runs (after one that warms the page cache); the tree took {generated:.0f} s to generate."
     )
     write_results("imagenet_index", payload, rows, ["measured", "time", "rate"], notes=notes)
