@@ -3,41 +3,26 @@ with textured training JPEGs (a crop from another seed changes the batch) and a 
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
+from benchmarks.bench_imagenet_index import realistic_jpeg
 from tests.unit.test_imagenet_index import Tree
 
 CONFIG = "recipes/kd/configs/imagenet_resnet34_resnet18_ikl.yaml"
 
 
-def textured_jpegs(count: int) -> list[bytes]:
-    """``count`` noise JPEGs of different sizes (quality 90)."""
-    rng = np.random.default_rng(0)
-    out = []
-    for n in range(count):
-        pixels = rng.integers(0, 256, size=(48 + 8 * n, 64, 3), dtype=np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
-        out.append(buffer.getvalue())
-    return out
-
-
-def prepare_imagenet_run(base: Path, textured: bool = True) -> list[str]:
+def prepare_imagenet_run(base: Path) -> list[str]:
     """Generate and index the tree under ``base``, save a random ResNet-34 teacher; returns the KD recipe's
     arguments for it (config, data, teacher, fp32)."""
     from dkl_train.data import prepare
     from dkl_train.models import create_model
 
     tree = Tree(base / "imagenet")
-    if textured:
-        textures = textured_jpegs(3)
-        for n, path in enumerate(sorted((base / "imagenet" / "train").rglob("*.JPEG"))):
-            path.write_bytes(textures[n % 3])
+    textures = [realistic_jpeg(n, (64, 48 + 8 * n)) for n in range(3)]  # small, and different sizes
+    for n, path in enumerate(sorted((base / "imagenet" / "train").rglob("*.JPEG"))):
+        path.write_bytes(textures[n % 3])
     prepare("imagenet", base / "data", imagenet_dir=tree.roots["kaggle"])
     torch.manual_seed(0)
     teacher = base / "resnet34.pth"

@@ -331,11 +331,11 @@ class Run:
             f"{accelerator.mixed_precision} ({sources['precision']}{overridden})"
         )
         used_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if accelerator.device.type == "cuda" else 0
-        warnings = [
+        notices = [
             unused_gpu_warning(torch.cuda.device_count() if torch.cuda.is_available() else 0, used_here),
-            gpu_backend_on_cpu_warning(getattr(self.config, "data_backend", "pil"), accelerator.device.type),
+            gpu_backend_on_cpu_warning(self.config.data_backend, accelerator.device.type),
         ]
-        for warning in filter(None, warnings):
+        for warning in filter(None, notices):
             self.print(warning)
 
     # --- small conveniences -------------------------------------------------------------------
