@@ -17,7 +17,7 @@ unexport PYTHONDONTWRITEBYTECODE
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: help install test test-unit lint format bench clean
+.PHONY: help install test test-unit lint format bench bench-kd-speed clean
 
 help: ## List every target with a one-line description
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,9 @@ format: install ## Apply ruff's fixes and formatting
 
 bench: install ## Speed/memory ratios side by side; writes benchmarks/results/*.json and *.md
 	$(PY) -m benchmarks $(ARGS)
+
+bench-kd-speed: install ## The paper's training-speed column: s/iter of CE, KD, DKD, ReviewKD, IKL-KD, GKL-KD on both ImageNet pairs, on this device
+	$(PY) -m benchmarks --only kd_speed $(ARGS)
 
 clean: ## Remove caches (keeps .venv, data/ and runs/)
 	find . -name __pycache__ -prune -exec rm -rf {} + ; rm -rf .pytest_cache .ruff_cache

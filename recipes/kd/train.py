@@ -1,4 +1,4 @@
-"""Knowledge distillation with the DKL loss family: ce, kd, dkd, ikl, gkl (CIFAR-100, ImageNet, digits).
+"""Knowledge distillation with the DKL loss family: ce, kd, dkd, reviewkd, ikl, gkl (CIFAR-100, ImageNet, digits).
 
     accelerate launch recipes/kd/train.py --config recipes/kd/configs/cifar100_resnet32x4_resnet8x4_ikl.yaml
 
@@ -7,6 +7,9 @@ Methods (every loss from dkl-core; ``s``/``t`` student/teacher logits, ``y`` lab
 - ``ce``:  ``CE(s, y)`` -- trains a teacher, or a student alone.
 - ``kd``:  ``label_ce_weight * CE + kd_weight * T^2 KL(t || s)`` (Hinton; mdistiller: 0.1 / 0.9, T = 4).
 - ``dkd``: ``label_ce_weight * CE + ramp * DKD(tckd_weight, nckd_weight, T)`` (Zhao et al. 2022).
+- ``reviewkd``: ``label_ce_weight * CE + ramp * reviewkd_weight * HCL(ABF(student features), teacher
+  pre-ReLU features)`` (Chen et al. 2021): the ABF modules train with the student, are checkpointed with
+  it and are not part of the exported ``model.pth``.
 - ``ikl``: ``label_ce_weight * CE + ramp * (mse_weight * wMSE + ce_weight * sCE(T))`` with class weights
   ``prior[y]`` (``use_prior``, the paper's GI) or ``softmax(t / weight_temperature)``.
 - ``gkl``: as ``ikl`` with ``prior[y] ** gamma`` and wMSE normalised by the weight mass (TPAMI).
@@ -20,6 +23,8 @@ over processes at the end of each epoch, used during the next one and saved in e
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,12 +34,14 @@ import torch.nn.functional as F
 from accelerate.utils import set_seed
 from torch import nn
 
-from dkl_core import ClassPrior, dkd_loss, gkl_loss, ikl_loss, kl_loss
+from dkl_core import ClassPrior, dkd_loss, gkl_loss, hcl_loss, ikl_loss, kl_loss
 from dkl_train.config import BaseConfig, ConfigError, parse_config
 from dkl_train.data import build_datasets, load_prepared
+from dkl_train.models import forward_features
+from dkl_train.models.reviewkd import ReviewKDStudent, teacher_levels
 from dkl_train.training import Run, build_optimizer, evaluate
 
-METHODS = ("ce", "kd", "dkd", "ikl", "gkl")
+METHODS = ("ce", "kd", "dkd", "reviewkd", "ikl", "gkl")
 TEACHER_TARBALL = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
 
 
@@ -46,7 +53,7 @@ class TeacherError(RuntimeError):
 class KDConfig(BaseConfig):
     """Settings of one distillation run (``mse_weight``/``ce_weight`` are the released code's beta/alpha)."""
 
-    method: Literal["ce", "kd", "dkd", "ikl", "gkl"] = "ikl"  # the training loss (see the module docstring)
+    method: Literal["ce", "kd", "dkd", "reviewkd", "ikl", "gkl"] = "ikl"  # the training loss (see the module docstring)
     student: str = "resnet8x4"  # the model trained (with method=ce: the teacher being trained)
     student_kwargs: dict[str, Any] = field(default_factory=dict)  # architecture options for create_model
     teacher: str | None = "resnet32x4"  # the teacher's model name (not needed with method=ce)
@@ -58,6 +65,12 @@ class KDConfig(BaseConfig):
     kd_weight: float = 0.9  # kd: weight of T^2 KL
     tckd_weight: float = 1.0  # dkd
     nckd_weight: float = 8.0  # dkd
+    reviewkd_weight: float = 1.0  # reviewkd: weight of the HCL term (released REVIEWKD_WEIGHT)
+    reviewkd_in_channels: list[int] = field(default_factory=list)  # reviewkd: student channels per level (IN_CHANNELS)
+    reviewkd_out_channels: list[int] = field(default_factory=list)  # reviewkd: teacher channels per level
+    reviewkd_shapes: list[int] = field(default_factory=list)  # reviewkd: student sizes, deepest level first (SHAPES)
+    reviewkd_out_shapes: list[int] | None = None  # reviewkd: teacher sizes, deepest first (null: as reviewkd_shapes)
+    reviewkd_student_preact: bool = False  # reviewkd: student features before their stage's final ReLU (STU_PREACT)
     mse_weight: float = 1.0  # ikl/gkl: wMSE weight (released code: beta)
     ce_weight: float = 1.0  # ikl/gkl: soft cross-entropy weight (released code: alpha)
     gamma: float = 1.0  # gkl: prior ** gamma
@@ -80,6 +93,23 @@ class KDConfig(BaseConfig):
             raise ConfigError(
                 "teacher_checkpoint and teacher_pretrained=true both give the teacher's weights; keep one "
                 "(e.g. teacher_pretrained=false teacher_checkpoint=PATH for a local copy of the timm teacher)"
+            )
+        if self.method == "reviewkd":
+            self._validate_reviewkd()
+
+    def _validate_reviewkd(self) -> None:
+        lists = {
+            "reviewkd_in_channels": self.reviewkd_in_channels,
+            "reviewkd_out_channels": self.reviewkd_out_channels,
+            "reviewkd_shapes": self.reviewkd_shapes,
+        }
+        if self.reviewkd_out_shapes is not None:
+            lists["reviewkd_out_shapes"] = self.reviewkd_out_shapes
+        if not self.reviewkd_in_channels or len({len(values) for values in lists.values()}) != 1:
+            described = ", ".join(f"{name}={values}" for name, values in lists.items())
+            raise ConfigError(
+                f"method=reviewkd needs one entry per feature level in each of {', '.join(lists)}; got {described} "
+                "(see recipes/kd/configs/*_reviewkd.yaml for each pair's settings)"
             )
 
 
@@ -191,6 +221,89 @@ def check_class_counts(teacher: nn.Module, student: nn.Module, image_size: int, 
 
 
 # ----------------------------------------------------------------------------------------------
+# ReviewKD
+
+
+def build_reviewkd(config: KDConfig, student: nn.Module, teacher: nn.Module, image_size: int) -> ReviewKDStudent:
+    """The student with its ABF modules, checked against the teacher's levels with one dummy forward each."""
+    model = ReviewKDStudent(
+        student,
+        config.reviewkd_in_channels,
+        config.reviewkd_out_channels,
+        config.reviewkd_shapes,
+        config.reviewkd_out_shapes,
+        student_preact=config.reviewkd_student_preact,
+    )
+    probe = torch.zeros(2, 3, image_size, image_size)
+    with torch.no_grad():
+        model.eval()
+        try:
+            fused = [tuple(f.shape[1:]) for f in model(probe)[1]]
+        except RuntimeError as err:  # a channel count that does not fit the student's features
+            raise ConfigError(
+                f"reviewkd_in_channels {config.reviewkd_in_channels} / reviewkd_shapes {config.reviewkd_shapes} do "
+                f"not fit {config.student}'s features at {image_size} px: {err}"
+            ) from None
+        model.train()
+        targets = [tuple(f.shape[1:]) for f in teacher_levels(forward_features(teacher, probe)[1])]
+    if fused != targets:
+        raise ConfigError(
+            f"ReviewKD's fused student features {fused} (channels, height, width; shallowest first) do not match "
+            f"{config.teacher}'s levels {targets} at {image_size} px; set reviewkd_out_channels/reviewkd_out_shapes "
+            "to the teacher's channels and sizes"
+        )
+    return model
+
+
+def reviewkd_loss(
+    config: KDConfig,
+    model: nn.Module,
+    targets: list[torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epoch: int,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``label_ce_weight * CE + ramp * reviewkd_weight * HCL(ABF(student levels), targets)`` and its detached terms."""
+    logits, fused = model(images)
+    ce = F.cross_entropy(logits, labels)
+    hcl = hcl_loss(fused, targets)
+    loss = config.label_ce_weight * ce + warmup_factor(config, epoch) * config.reviewkd_weight * hcl
+    return loss, {"ce": ce.detach(), "reviewkd": hcl.detach()}
+
+
+# ----------------------------------------------------------------------------------------------
+# One step's loss
+
+
+def step_loss(
+    config: KDConfig,
+    trained: nn.Module,
+    teacher: nn.Module | None,
+    prior: ClassPrior,
+    batch: dict[str, torch.Tensor],
+    epoch: int,
+    autocast: Callable[[], AbstractContextManager],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of one batch, teacher forward included (what the training loop and the speed benchmark run).
+
+    ``trained`` is the student, or for ``reviewkd`` the student with its ABFs; ``autocast`` the
+    accelerator's autocast context factory.
+    """
+    images, labels = batch["image"], batch["label"]
+    if config.method == "reviewkd":
+        with torch.no_grad(), autocast():
+            levels = teacher_levels(forward_features(teacher, images)[1])
+        return reviewkd_loss(config, trained, levels, images, labels, epoch)
+    teacher_logits = None
+    if teacher is not None:
+        with torch.no_grad(), autocast():
+            teacher_logits = teacher(images).float()
+        if config.use_prior and config.method in ("ikl", "gkl"):
+            prior.update(teacher_logits, labels)
+    return distillation_loss(config, trained(images), teacher_logits, labels, prior, epoch)
+
+
+# ----------------------------------------------------------------------------------------------
 # Training
 
 
@@ -207,13 +320,16 @@ def train(config: KDConfig) -> dict[str, Any]:
     if config.method != "ce":
         teacher = build_teacher(config, spec.num_classes)
         check_class_counts(teacher, student, spec.image_size, spec.num_classes)
+    # What the optimiser trains: the student, plus ReviewKD's fusion modules (checkpointed with it, not exported).
+    trained = build_reviewkd(config, student, teacher, spec.image_size) if config.method == "reviewkd" else student
 
     run = Run(config)
     if teacher is not None:
         run.place_model(teacher)  # not prepared: frozen, no gradients to synchronise
 
-    optimizer = build_optimizer(config, student.parameters())
-    student, optimizer = run.prepare(student, optimizer)
+    optimizer = build_optimizer(config, trained.parameters())
+    trained, optimizer = run.prepare(trained, optimizer)
+    student = run.accelerator.unwrap_model(trained).student if config.method == "reviewkd" else trained
     train_loader, test_loader = run.train_loader(train_set), run.eval_loader(test_set)
     prior = ClassPrior(spec.num_classes, temperature=config.weight_temperature, device=run.device)
     run.register_for_checkpointing(prior)
@@ -229,16 +345,9 @@ def train(config: KDConfig) -> dict[str, Any]:
     for epoch in run.epochs():
 
         def compute_loss(batch: dict[str, torch.Tensor], epoch: int = epoch) -> tuple[torch.Tensor, dict]:
-            images, labels = batch["image"], batch["label"]
-            teacher_logits = None
-            if teacher is not None:
-                with torch.no_grad(), run.accelerator.autocast():
-                    teacher_logits = teacher(images).float()
-                if config.use_prior and config.method in ("ikl", "gkl"):
-                    prior.update(teacher_logits, labels)
-            return distillation_loss(config, student(images), teacher_logits, labels, prior, epoch)
+            return step_loss(config, trained, teacher, prior, batch, epoch, run.accelerator.autocast)
 
-        metrics = run.train_epoch(student, optimizer, train_loader, compute_loss, epoch)
+        metrics = run.train_epoch(trained, optimizer, train_loader, compute_loss, epoch)
         prior.end_epoch()  # all-reduced over processes; the prior of the next epoch
         evaluated = evaluate(student, test_loader, run.accelerator) if run.should_evaluate(epoch) else None
         run.end_epoch(epoch, metrics, evaluated)

@@ -33,3 +33,22 @@ def test_two_processes_equal_one(digits_dir, digits_teacher, launch, tmp_path): 
 
     assert torch.allclose(prior("one")["prior"], prior("two")["prior"], rtol=1e-6, atol=1e-9)
     assert_same_trained_weights(tmp_path)
+
+
+@pytest.mark.distributed
+def test_reviewkd_two_processes_equal_one(digits_dir, digits_teacher, launch, tmp_path):  # noqa: F811
+    """ReviewKD's ABF modules are synchronised with the student: the whole trained state, not only model.pth."""
+    from safetensors.torch import load_file
+
+    args = ["--config", "recipes/kd/configs/digits_resnet14_resnet8_reviewkd.yaml", "teacher=resnet8",
+            *ARGS[4:], f"data_dir={digits_dir}", f"teacher_checkpoint={digits_teacher}"]  # fmt: skip
+    one, two = run_one_and_two(
+        launch, "recipes/kd/train.py", args, tmp_path, one=["gradient_accumulation_steps=2"], threads=1
+    )
+    assert len(step_losses(one)) == len(step_losses(two)) == 6
+    assert step_losses(one) == pytest.approx(step_losses(two), rel=1e-6)
+    states = [load_file(tmp_path / d / "checkpoints" / "epoch_0002" / "model.safetensors") for d in ("one", "two")]
+    trained = [k for k in states[0] if states[0][k].is_floating_point() and "running" not in k]
+    assert any(k.startswith("abfs.") for k in trained)
+    for name in trained:
+        assert torch.equal(states[0][name], states[1][name]), name

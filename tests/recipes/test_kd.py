@@ -1,6 +1,6 @@
 """KD recipe smoke runs: every method, two steps on digits, through `accelerate launch` on CPU.
 
-All five methods run inside one launch (tests/recipes/_kd_methods.py calls the recipe's ``main`` per
+All six methods run inside one launch (tests/recipes/_kd_methods.py calls the recipe's ``main`` per
 method) to pay the start-up once; the resume and distributed tests launch ``train.py`` itself.
 """
 
@@ -14,7 +14,9 @@ TINY = ["epochs=1", "max_steps_per_epoch=2", "batch_size=16", "eval_subset=32", 
         "student=resnet8", "teacher=resnet8", "lr=0.05", "log_every=1"]  # fmt: skip
 
 
-METHODS = ["ce", "kd", "dkd", "ikl", "gkl"]
+METHODS = ["ce", "kd", "dkd", "reviewkd", "ikl", "gkl"]
+# ReviewKD's levels for resnet8 -> resnet8 (every method's run gets them; only reviewkd reads them).
+REVIEWKD = ["reviewkd_in_channels=[16,32,64,64]", "reviewkd_out_channels=[16,32,64,64]", "reviewkd_shapes=[1,8,16,32]"]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,7 @@ def smoke_runs(digits_dir, digits_teacher, tmp_path_factory):
     return launch_runs(
         "tests/recipes/_kd_methods.py", tmp_path_factory.mktemp("kd_smoke"), METHODS,
         "--config", "recipes/kd/configs/digits_resnet14_resnet8_ikl.yaml", f"data_dir={digits_dir}",
-        f"teacher_checkpoint={digits_teacher}", "num_workers=2", "use_prior=true", "gamma=0.5", *TINY,
+        f"teacher_checkpoint={digits_teacher}", "num_workers=2", "use_prior=true", "gamma=0.5", *REVIEWKD, *TINY,
     )  # fmt: skip
 
 
@@ -41,3 +43,19 @@ def test_every_method_trains_two_steps(method, smoke_runs):
     if method != "ce":
         assert "top1" in results["teacher"]  # the teacher was evaluated before training
         assert method in results["history"][0]
+
+
+@pytest.mark.recipe
+def test_reviewkd_checkpoints_its_fusion_modules_but_exports_the_student_alone(smoke_runs):
+    import torch
+    from safetensors.torch import load_file
+
+    run_dir = smoke_runs / "reviewkd"
+    checkpoint = load_file(run_dir / "checkpoints" / "epoch_0001" / "model.safetensors")
+    assert any(k.startswith("abfs.") for k in checkpoint) and any(k.startswith("student.") for k in checkpoint)
+    exported = torch.load(run_dir / "model.pth")["model"]
+    assert not any(k.startswith(("abfs.", "student.")) for k in exported)
+    # Exactly a resnet8's keys, as the plain KD run of the same student exports them.
+    assert exported.keys() == torch.load(smoke_runs / "kd" / "model.pth")["model"].keys()
+    history = json.loads((run_dir / "results.json").read_text())["history"][0]
+    assert history["reviewkd"] > 0 and history["ce"] > 0

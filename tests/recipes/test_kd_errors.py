@@ -123,11 +123,45 @@ def test_every_config_parses_and_builds_its_models():
                 model = create_model(name, classes, **kwargs)
                 built[key] = sum(p.numel() for p in model.parameters()) > 0
         assert config.method in path.stem and config.dataset in path.stem
-        # The papers give a number for every setting except GKL on CIFAR-100 (not in the released
-        # repository; the header says so); digits has none.
-        if config.dataset == "imagenet" or (config.dataset == "cifar100" and config.method != "gkl"):
+        # The papers give a number for every setting except GKL and ReviewKD on CIFAR-100 (GKL's is not in
+        # the released repository, the DKL papers have no CIFAR ReviewKD column; the headers say so); digits has none.
+        if config.dataset == "imagenet" or (config.dataset == "cifar100" and config.method not in ("gkl", "reviewkd")):
             assert config.paper_top1 is not None, path
     assert all(built.values())
+
+
+def test_every_reviewkd_config_fits_its_teacher_and_student():
+    """Each pair's released ABF channels and sizes match what our models give (one dummy forward per pair)."""
+    from pathlib import Path
+
+    from dkl_recipe_kd.train import build_reviewkd
+
+    from dkl_train.data import get_spec
+
+    configs = sorted(Path("recipes/kd/configs").glob("*_reviewkd.yaml"))
+    assert len(configs) == 11 + 2 + 1  # CIFAR-100 pairs, ImageNet pairs, digits
+    for path in configs:
+        config = load_config(KDConfig, path)
+        spec = get_spec(config.dataset)
+        student = create_model(config.student, spec.num_classes, **config.student_kwargs)
+        teacher = create_model(config.teacher, spec.num_classes, **config.teacher_kwargs).eval()
+        model = build_reviewkd(config, student, teacher, spec.image_size)  # raises ConfigError on a mismatch
+        assert len(model.abfs) == len(config.reviewkd_in_channels), path
+
+
+def test_reviewkd_levels_that_do_not_fit_say_which_setting_to_change():
+    from dkl_recipe_kd.train import build_reviewkd
+
+    levels = ["method=reviewkd", "student=resnet8", "reviewkd_shapes=[1,8,16,32]"]
+    student, teacher = create_model("resnet8", 10), create_model("resnet8", 10).eval()
+    config = kd_config(*levels, "reviewkd_in_channels=[16,32,64,64]", "reviewkd_out_channels=[16,32,64,32]")
+    with pytest.raises(ConfigError, match=r"do not match resnet8's levels .*reviewkd_out_channels"):
+        build_reviewkd(config, student, teacher, 32)
+    config = kd_config(*levels, "reviewkd_in_channels=[16,32,64,128]", "reviewkd_out_channels=[16,32,64,64]")
+    with pytest.raises(ConfigError, match=r"reviewkd_in_channels \[16, 32, 64, 128\].*do not fit resnet8's features"):
+        build_reviewkd(config, student, teacher, 32)
+    with pytest.raises(ConfigError, match="one entry per feature level"):
+        kd_config(*levels, "reviewkd_in_channels=[16,32,64]", "reviewkd_out_channels=[16,32,64,64]")
 
 
 def _generator():
@@ -163,11 +197,12 @@ def test_imagenet_configs_are_the_released_runs():
     from pathlib import Path
 
     configs = {p.stem: load_config(KDConfig, p) for p in Path("recipes/kd/configs").glob("imagenet_*.yaml")}
-    assert {name.rsplit("_", 1)[1] for name in configs} == {"kd", "dkd", "ikl", "gkl"}
-    assert len(configs) == 8
+    assert {name.rsplit("_", 1)[1] for name in configs} == {"kd", "dkd", "reviewkd", "ikl", "gkl"}
+    assert len(configs) == 10
     for name, config in configs.items():
         assert config.mixed_precision == "no", name  # the released ImageNet runs had no autocast
-        assert (config.epochs, config.batch_size, config.lr, config.temperature) == (100, 512, 0.2, 1.0), name
+        assert (config.epochs, config.batch_size, config.lr) == (100, 512, 0.2), name
+        assert config.temperature == 1.0 or config.method == "reviewkd", name  # ReviewKD has no logit temperature
         if "resnet18" in name:
             assert config.student_kwargs == {"zero_init_last": False}, name
         else:
@@ -176,3 +211,17 @@ def test_imagenet_configs_are_the_released_runs():
     assert (kd.label_ce_weight, kd.kd_weight, kd.warmup_epochs, kd.paper_top1) == (0.5, 0.5, 0, 71.03)
     assert (dkd.tckd_weight, dkd.nckd_weight, dkd.warmup_epochs, dkd.paper_top1) == (1.0, 2.0, 1, 72.05)
     assert configs["imagenet_resnet34_resnet18_dkd"].nckd_weight == 0.5
+    # ReviewKD: the DKL repository's configs/imagenet/<pair>/reviewkd.yaml.
+    r18, mv1 = configs["imagenet_resnet34_resnet18_reviewkd"], configs["imagenet_resnet50_mobilenetv1_100_reviewkd"]
+    assert (r18.reviewkd_weight, r18.warmup_epochs, r18.reviewkd_student_preact, r18.paper_top1) == (
+        1.0,
+        1,
+        True,
+        71.61,
+    )
+    assert (mv1.reviewkd_weight, mv1.reviewkd_out_channels, mv1.paper_top1) == (
+        8.0,
+        [256, 512, 1024, 2048, 2048],
+        72.56,
+    )
+    assert r18.reviewkd_shapes == mv1.reviewkd_out_shapes == [1, 7, 14, 28, 56]

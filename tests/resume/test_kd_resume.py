@@ -40,3 +40,29 @@ def test_resumed_run_equals_uninterrupted(digits_dir, digits_teacher, launch, tm
     )
     weights_a, weights_b = (torch.load(d / "model.pth")["model"] for d in (straight, resumed))
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+REVIEWKD_ARGS = ["--config", "recipes/kd/configs/digits_resnet14_resnet8_reviewkd.yaml", "teacher=resnet8",
+                 "epochs=2", "max_steps_per_epoch=3", "batch_size=16", "eval_subset=48", "eval_batch_size=48",
+                 "num_workers=0", "warmup_epochs=2", "log_step_losses=true", "deterministic=true"]  # fmt: skip
+
+
+@pytest.mark.recipe
+def test_resumed_reviewkd_run_equals_uninterrupted(digits_dir, digits_teacher, launch, tmp_path):  # noqa: F811
+    """The ABF modules and their optimiser state resume too: the whole checkpoint matches, not only the student."""
+    from safetensors.torch import load_file
+
+    common = [*REVIEWKD_ARGS, f"data_dir={digits_dir}", f"teacher_checkpoint={digits_teacher}"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    launch("recipes/kd/train.py", *common, f"output_dir={straight}")
+    launch("recipes/kd/train.py", *common, f"output_dir={resumed}", "stop_after_epochs=1")
+    out = launch("recipes/kd/train.py", *common, f"output_dir={resumed}", "resume=true").stdout
+    assert "resumed from" in out and "epoch 1, step 3" in out
+
+    a, b = (json.loads((d / "results.json").read_text()) for d in (straight, resumed))
+    keys = ["train_loss", "reviewkd", "ce", "step_losses", "test_top1", "test_loss", "lr"]
+    assert [[h[k] for k in keys] for h in a["history"]] == [[h[k] for k in keys] for h in b["history"]]
+    assert a["final"] == b["final"] and a["global_steps"] == b["global_steps"] == 6
+    state_a, state_b = (load_file(d / "checkpoints" / "epoch_0002" / "model.safetensors") for d in (straight, resumed))
+    assert any(k.startswith("abfs.") for k in state_a)
+    assert state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)

@@ -84,3 +84,30 @@ def class_prior(batches, num_classes, temperature=1.0):
         if sums[c].sum() > 0:
             out[c] = sums[c] / sums[c].sum()
     return out
+
+
+def window_mean(x, size):
+    """Adaptive average pooling to ``size x size`` written out: window i covers [floor(i*H/l), ceil((i+1)*H/l))."""
+    n, c, h, w = x.shape
+    out = x.new_empty(n, c, size, size)
+    for i in range(size):
+        top, bottom = (i * h) // size, -((-(i + 1) * h) // size)
+        for j in range(size):
+            left, right = (j * w) // size, -((-(j + 1) * w) // size)
+            out[:, :, i, j] = x[:, :, top:bottom, left:right].mean(dim=(2, 3))
+    return out
+
+
+def hcl(student_features, teacher_features):
+    """ReviewKD's HCL taken literally: per pair, (MSE + 1/2 MSE_4x4 + 1/4 MSE_2x2 + 1/8 MSE_1x1) / (sum of the
+    weights used), where a level only counts when it is smaller than the map's height; summed over pairs."""
+    total = 0.0
+    for fs, ft in zip(student_features, teacher_features):
+        terms = [(1.0, ((fs - ft) ** 2).mean())]
+        weight = 1.0
+        for level in (4, 2, 1):
+            if level < fs.shape[2]:
+                weight = weight / 2
+                terms.append((weight, ((window_mean(fs, level) - window_mean(ft, level)) ** 2).mean()))
+        total = total + sum(w * value for w, value in terms) / sum(w for w, _ in terms)
+    return total

@@ -17,6 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 DKL_REPO = "github.com/jiequancui/DKL"
 MDISTILLER_REPO = "github.com/megvii-research/mdistiller"
+REVIEWKD_REPO = "github.com/dvlab-research/ReviewKD"
 TEACHER_DIR = "data/teachers/cifar_teachers"
 TARBALL = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
 
@@ -46,6 +47,30 @@ RELEASED_STEM = {
 # mdistiller's DKD NCKD weight (its BETA): 2 for the resnet56/110 pairs, 6 for these, 8 otherwise.
 DKD_NCKD_6 = {("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("vgg13", "vgg8"), ("vgg13", "MobileNetV2")}
 
+# ReviewKD per student (github.com/dvlab-research/ReviewKD CIFAR-100/model/reviewkd.py, build_review_kd): student
+# channels per level (shallowest first, the pooled feature last), the teacher's channels, the student's and the
+# teacher's sizes (deepest level first, as released); loss weight from its CIFAR-100/script/reviewKD.sh.
+REVIEWKD_RESNET = ([16, 32, 64, 64], [16, 32, 64, 64], [1, 8, 16, 32], None)
+REVIEWKD_CIFAR = {
+    ("resnet56", "resnet20"): (REVIEWKD_RESNET, 0.6),
+    ("resnet110", "resnet32"): (REVIEWKD_RESNET, 1.0),
+    ("resnet32x4", "resnet8x4"): (([64, 128, 256, 256], [64, 128, 256, 256], [1, 8, 16, 32], None), 5.0),
+    ("wrn_40_2", "wrn_16_2"): (([32, 64, 128, 128], [32, 64, 128, 128], [1, 8, 16, 32], None), 5.0),
+    ("wrn_40_2", "wrn_40_1"): (([16, 32, 64, 64], [32, 64, 128, 128], [1, 8, 16, 32], None), 5.0),
+    ("vgg13", "vgg8"): (([128, 256, 512, 512, 512], [128, 256, 512, 512, 512], [1, 4, 4, 8, 16], None), None),
+    ("resnet32x4", "ShuffleV1"): (([240, 480, 960, 960], [64, 128, 256, 256], [1, 4, 8, 16], [1, 8, 16, 32]), 5.0),
+    ("wrn_40_2", "ShuffleV1"): (([240, 480, 960, 960], [32, 64, 128, 128], [1, 4, 8, 16], [1, 8, 16, 32]), 5.0),
+    ("vgg13", "MobileNetV2"):
+        (([12, 16, 48, 160, 1280], [128, 256, 512, 512, 512], [1, 2, 4, 8, 16], [1, 4, 4, 8, 16]), None),
+    ("ResNet50", "MobileNetV2"):
+        (([12, 16, 48, 160, 1280], [256, 512, 1024, 2048, 2048], [1, 2, 4, 8, 16], [1, 4, 8, 16, 32]), None),
+    ("resnet32x4", "ShuffleV2"): (([116, 232, 464, 1024], [64, 128, 256, 256], [1, 4, 8, 16], [1, 8, 16, 32]), 8.0),
+}  # fmt: skip
+# VGG and MobileNetV2 students: build_review_kd lists their channels and sizes, but their model builders are
+# commented out in the released code and reviewKD.sh runs neither, so it gives no loss weight. We use its
+# trainer's default --kd-loss-weight (1.0, also mdistiller's REVIEWKD_WEIGHT default), untuned.
+REVIEWKD_DEFAULT_WEIGHT = 1.0
+
 # teacher (timm), student (timm), student kwargs, released stems (DKL, mdistiller), ikl (ce, mse), ikl acc,
 # gkl gamma, gkl acc, (kd acc, dkd acc), dkd NCKD weight. The students start as mdistiller's ImageNet
 # models do: timm's resnet18 without its zero-initialised last BN per block (then it equals
@@ -56,6 +81,12 @@ IMAGENET = [
     ("resnet50.tv_in1k", "mobilenetv1_100", {"act_layer": "relu", "init": "pytorch"}, ("r50_mv", "r50_mv1"), (4, 1),
      72.84, 0.5, 72.92, (70.50, 72.05), 2.0),
 ]  # fmt: skip
+# ReviewKD on ImageNet (DKLv1/KD-dkl/configs/imagenet/<pair>/reviewkd.yaml of the DKL repository, mdistiller's with
+# batch 512 / lr 0.2): paper top-1, loss weight, student channels, teacher channels; sizes [1, 7, 14, 28, 56] for both.
+REVIEWKD_IMAGENET = {
+    "resnet18": (71.61, 1.0, [64, 128, 256, 512, 512], [64, 128, 256, 512, 512]),
+    "mobilenetv1_100": (72.56, 8.0, [128, 256, 512, 1024, 1024], [256, 512, 1024, 2048, 2048]),
+}
 # Images per second of ResNet34 -> ResNet18 IKL on one H200 in bf16 (benchmarks/results/kd_cuda.md).
 H200_BF16_IMAGES_PER_S = 3703
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -79,6 +110,35 @@ def write(name: str, header: list[str], settings: dict[str, object]) -> None:
     lines = [f"# {line}".rstrip() for line in header]
     lines += [f"{key}: {_yaml_value(value)}" for key, value in settings.items()]
     (HERE / f"{name}.yaml").write_text("\n".join(lines) + "\n")
+
+
+def reviewkd_cifar(teacher: str, student: str) -> tuple[None, dict[str, object], str, str]:
+    """ReviewKD's row of a CIFAR-100 pair: the released channels, sizes and weight, mdistiller's trainer settings."""
+    (in_channels, out_channels, shapes, out_shapes), weight = REVIEWKD_CIFAR[(teacher, student)]
+    settings: dict[str, object] = {
+        "reviewkd_weight": weight if weight is not None else REVIEWKD_DEFAULT_WEIGHT,
+        "reviewkd_in_channels": in_channels,
+        "reviewkd_out_channels": out_channels,
+        "reviewkd_shapes": shapes,
+        "reviewkd_out_shapes": out_shapes,
+        "reviewkd_student_preact": False,
+        "warmup_epochs": 20,
+    }
+    source = (
+        f"{REVIEWKD_REPO} CIFAR-100/model/reviewkd.py (build_review_kd: channels and sizes)"
+        + (" and script/reviewKD.sh (loss weight)" if weight is not None else "")
+        + f",\n  trained as {MDISTILLER_REPO} configs/cifar100/reviewkd.yaml trains ReviewKD (mdistiller's SGD without"
+        "\n  Nesterov, the pair's lr as its DKD config, ramp over 20 epochs; the ReviewKD trainer used Nesterov, lr 0.1"
+        "\n  (0.02 for ShuffleNet/MobileNet) and a ramp from epoch 0)"
+    )
+    if weight is None:
+        source += (
+            f".\nNo released builder: the {student} model of build_review_kd is commented out and reviewKD.sh has no "
+            f"{student} run;\n  its channels and sizes are used as listed there, with the trainer's default loss "
+            f"weight {REVIEWKD_DEFAULT_WEIGHT} (untuned)"
+        )
+    what = f"ReviewKD (ABF + HCL), loss weight {settings['reviewkd_weight']}, student post-ReLU features"
+    return None, settings, what, source
 
 
 def cifar100() -> None:
@@ -106,6 +166,7 @@ def cifar100() -> None:
                    kd_source),
             "dkd": (dkd_acc, {"tckd_weight": 1.0, "nckd_weight": nckd, "warmup_epochs": 20}, f"DKD, NCKD weight {nckd}",
                     f"{MDISTILLER_REPO} configs/cifar100/dkd/{stem}.yaml"),
+            "reviewkd": reviewkd_cifar(teacher, student),
             "ikl": (
                 ikl_acc,
                 {"ce_weight": float(ikl[0]), "mse_weight": float(ikl[1]), "use_prior": False,
@@ -125,6 +186,11 @@ def cifar100() -> None:
             name = f"cifar100_{teacher}_{student}_{method}"
             if paper is not None:
                 number = f"Reproduces: {paper:.2f} top-1 (mean of 3 runs; compared with the best epoch's top-1, as reported)."
+            elif method == "reviewkd":
+                number = (
+                    "Reproduces: no paper number here (paper_top1: null): the DKL papers' CIFAR-100 tables have no "
+                    "ReviewKD column; the ReviewKD paper (Chen et al., CVPR 2021) reports its own."
+                )
             else:
                 number = (
                     "Reproduces: no paper number here (paper_top1: null). The released repository lists GKL's "
@@ -133,7 +199,7 @@ def cifar100() -> None:
             header = [
                 f"CIFAR-100 {teacher} -> {student}, {what}.",
                 number,
-                f"Released setting: {source}.",
+                *(f"Released setting: {source}.").split("\n"),
                 "Precision: fp32, as the released runs; mixed_precision=bf16 is the faster opt-in (not the paper's).",
                 "Needs: `make data DATASET=cifar100`; mdistiller's teacher at teacher_checkpoint",
                 f"  (download {TARBALL}; mkdir -p data/teachers && tar xf cifar_teachers.tar -C data/teachers).",
@@ -142,7 +208,32 @@ def cifar100() -> None:
                 "Generated by recipes/kd/configs/generate.py (edit the table there and rerun it).",
             ]
             settings = {"method": method, **common, **specific, "output_dir": f"runs/kd/{name}", "paper_top1": paper}
+            if method == "reviewkd":
+                del settings["temperature"]  # ReviewKD compares features: no logit temperature
             write(name, header, settings)
+
+
+def reviewkd_imagenet(student: str, stem: str) -> tuple[float, dict[str, object], str, str]:
+    """ReviewKD's row of an ImageNet pair, as the DKL repository's mdistiller fork configures it."""
+    paper, weight, in_channels, out_channels = REVIEWKD_IMAGENET[student]
+    settings: dict[str, object] = {
+        "label_ce_weight": 1.0,
+        "reviewkd_weight": weight,
+        "reviewkd_in_channels": in_channels,
+        "reviewkd_out_channels": out_channels,
+        "reviewkd_shapes": [1, 7, 14, 28, 56],
+        "reviewkd_out_shapes": [1, 7, 14, 28, 56],
+        "reviewkd_student_preact": True,
+        "warmup_epochs": 1,
+    }
+    what = f"ReviewKD (ABF + HCL), loss weight {weight}, student pre-ReLU features, warm-up 1 epoch"
+    source = f"{DKL_REPO} DKLv1/KD-dkl/configs/imagenet/{stem}/reviewkd.yaml (mdistiller's, at batch 512 / lr 0.2)"
+    if student == "mobilenetv1_100":
+        source += (
+            ";\n  its MAX_MID_CHANNEL: 256 is never read by the released ReviewKD, whose ABFs are min(512, 1024) = 512 "
+            "channels wide: so are ours"
+        )
+    return paper, settings, what, source
 
 
 def imagenet() -> None:
@@ -177,13 +268,14 @@ def imagenet() -> None:
                    "KD (Hinton), CE 0.5 / KD 0.5, T 1", f"{MDISTILLER_REPO} configs/imagenet/{stems[1]}/kd.yaml"),
             "dkd": (baselines[1], {"tckd_weight": 1.0, "nckd_weight": nckd, "warmup_epochs": 1},
                     f"DKD, TCKD 1 / NCKD {nckd}, T 1, warm-up 1 epoch", f"{MDISTILLER_REPO} configs/imagenet/{stems[1]}/dkd.yaml"),
+            "reviewkd": reviewkd_imagenet(student, stems[1]),
         }  # fmt: skip
         for method, (paper, specific, what, source) in runs.items():
             name = f"imagenet_{short}_{method}"
             header = [
                 f"ImageNet {teacher} -> {student}, {what}.",
                 f"Reproduces: {paper:.2f} top-1 (compared with the best epoch's top-1, as reported).",
-                f"Released setting: {source}.",
+                *(f"Released setting: {source}.").split("\n"),
                 "Precision: fp32, as the released runs; mixed_precision=bf16 is the faster opt-in (not the paper's).",
                 f"Student start: {student} initialised as mdistiller's ImageNet student (student_kwargs; see the README).",
                 "Needs: `make data DATASET=imagenet IMAGENET_DIR=/path/to/imagenet` (indexes train/<wnid>/ and val/ in place: val/ as class folders, or flat with LOC_val_solution.csv or the devkit);",
@@ -195,6 +287,8 @@ def imagenet() -> None:
                 "Generated by recipes/kd/configs/generate.py (edit the table there and rerun it).",
             ]
             settings = {"method": method, **common, **specific, "output_dir": f"runs/kd/{name}", "paper_top1": paper}
+            if method == "reviewkd":
+                del settings["temperature"]  # ReviewKD compares features: no logit temperature
             write(name, header, settings)
 
 

@@ -1,15 +1,28 @@
-"""dkl-core: the DKL loss family (KL, DKL, IKL, GKL, DKD) and the class-wise prior.
+"""dkl-core: the DKL loss family (KL, DKL, IKL, GKL, DKD), ReviewKD's HCL and the class-wise prior.
 
 Depends on torch alone. See each function's docstring for the formula, the paper and the shapes.
 """
 
-from .losses import DKDLoss, DKLLoss, GKLLoss, IKLLoss, KLLoss, dkd_loss, dkl_loss, gkl_loss, ikl_loss, kl_loss
+from .losses import (
+    DKDLoss,
+    DKLLoss,
+    GKLLoss,
+    HCLLoss,
+    IKLLoss,
+    KLLoss,
+    dkd_loss,
+    dkl_loss,
+    gkl_loss,
+    hcl_loss,
+    ikl_loss,
+    kl_loss,
+)  # fmt: skip
 from .prior import ClassPrior
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ClassPrior",
-    "DKDLoss", "DKLLoss", "GKLLoss", "IKLLoss", "KLLoss",
-    "dkd_loss", "dkl_loss", "gkl_loss", "ikl_loss", "kl_loss",
+    "DKDLoss", "DKLLoss", "GKLLoss", "HCLLoss", "IKLLoss", "KLLoss",
+    "dkd_loss", "dkl_loss", "gkl_loss", "hcl_loss", "ikl_loss", "kl_loss",
 ]  # fmt: skip

@@ -50,7 +50,7 @@ REPO_ROOT = Path(__file__).resolve().parents[4]
 TASKS = ("kd", "adv", "ssl")
 # Paper column order of each task's methods (a variant such as ``ikl_autoaug`` follows its method).
 METHOD_ORDER = {
-    "kd": ("ce", "kd", "dkd", "ikl", "gkl"),
+    "kd": ("ce", "kd", "dkd", "reviewkd", "ikl", "gkl"),
     "adv": ("pgd_at", "trades", "ikl", "gkl"),
     "ssl": ("fixmatch", "meanteacher"),
 }

@@ -10,6 +10,11 @@
 - ImageNet: any timm model as ``"timm:<name>"`` (``timm:resnet34.tv_in1k``, ``timm:mobilenetv1_100``).
 
 Every model's ``forward(x)`` returns logits ``[B, num_classes]``.
+
+Stage features (for feature distillation, ReviewKD): ``forward_features(model, x)`` returns
+``(logits, Features(feats, preact_feats, pooled))`` with mdistiller's per-stage maps after and before
+each stage's final ReLU and the pooled classifier input, for the CIFAR KD zoo and timm's ResNets and
+MobileNetV1 (see :mod:`.features` for what each architecture gives).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch import nn
 
 from . import cifar_resnet, cifar_resnet50, cifar_vgg, cifar_wrn, mobilenetv2, robust_wrn, shufflenet, vit  # noqa: F401
 from .checkpoint import CheckpointMismatchError, LoadReport, extract_state_dict, load_checkpoint, read_checkpoint
+from .features import Features, forward_features
 from .imagenet import TIMM_PREFIX, create_timm_model
 from .registry import get_factory, register_model, registered_names
 
@@ -71,9 +77,11 @@ def list_models() -> list[str]:
 
 __all__ = [
     "CheckpointMismatchError",
+    "Features",
     "LoadReport",
     "create_model",
     "extract_state_dict",
+    "forward_features",
     "list_models",
     "load_checkpoint",
     "read_checkpoint",

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ._layers import classifier_input, init_conv_bn_
+from .features import Features
 from .registry import register_model
 
 
@@ -51,9 +52,13 @@ class BasicBlock(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         return self.bn2(self.conv2(out))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def preact(self, x: Tensor) -> Tensor:
+        """Residual + shortcut before the block's final ReLU (mdistiller's ``preact`` feature)."""
         shortcut = getattr(self, self._shortcut_attr)
-        return F.relu(self.residual(x) + (x if shortcut is None else shortcut(x)))
+        return self.residual(x) + (x if shortcut is None else shortcut(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.preact(x))
 
 
 class Bottleneck(BasicBlock):
@@ -88,6 +93,14 @@ def make_stage(
     return nn.Sequential(*layers), in_planes
 
 
+def run_stage(stage: nn.Sequential, x: Tensor) -> tuple[Tensor, Tensor]:
+    """A stage of residual blocks: (output, its last block's pre-ReLU sum)."""
+    for block in stage[:-1]:
+        x = block(x)
+    preact = stage[-1].preact(x)
+    return F.relu(preact), preact
+
+
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) with stage widths ``widths = [stem, stage1, stage2, stage3]``."""
 
@@ -109,6 +122,17 @@ class CifarResNet(nn.Module):
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(classifier_input(x))
+
+    def forward_stages(self, x: Tensor) -> tuple[Tensor, Features]:
+        """Logits and mdistiller's features: the stem (after its ReLU, in both lists), then each stage."""
+        stem = F.relu(self.bn1(self.conv1(x)))
+        feats, preacts = [stem], [stem]
+        for stage in (self.layer1, self.layer2, self.layer3):
+            x, preact = run_stage(stage, feats[-1])
+            feats.append(x)
+            preacts.append(preact)
+        pooled = classifier_input(x)
+        return self.fc(pooled), Features(feats, preacts, pooled)
 
 
 _SLIM = (16, 16, 32, 64)

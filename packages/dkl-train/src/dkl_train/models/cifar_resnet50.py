@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ._layers import classifier_input, init_conv_bn_
-from .cifar_resnet import BasicBlock, Bottleneck, make_stage
+from .cifar_resnet import BasicBlock, Bottleneck, make_stage, run_stage
+from .features import Features
 from .registry import register_model
 
 
@@ -34,6 +35,17 @@ class CifarResNetV2(nn.Module):
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.linear(classifier_input(x))
+
+    def forward_stages(self, x: Tensor) -> tuple[Tensor, Features]:
+        """Logits and mdistiller's features: the stem (after its ReLU, in both lists), then the four stages."""
+        stem = F.relu(self.bn1(self.conv1(x)))
+        feats, preacts = [stem], [stem]
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x, preact = run_stage(stage, feats[-1])
+            feats.append(x)
+            preacts.append(preact)
+        pooled = classifier_input(x)
+        return self.linear(pooled), Features(feats, preacts, pooled)
 
 
 @register_model("ResNet18")

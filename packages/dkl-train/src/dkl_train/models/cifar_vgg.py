@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ._layers import classifier_input, init_conv_bn_
+from .features import Features
 from .registry import register_model
 
 _CONFIGS: dict[str, list[list[int]]] = {
@@ -61,6 +62,23 @@ class CifarVGG(nn.Module):
             x = F.max_pool2d(x, 2)
         x = F.relu(self.block4(x))
         return self.classifier(classifier_input(x))
+
+    def forward_stages(self, x: Tensor) -> tuple[Tensor, Features]:
+        """Logits and mdistiller's features: each group's output before/after its final ReLU (group 0
+        after it in both lists, as mdistiller has it), taken before the max-pool that follows."""
+        side = x.shape[2]
+        f0 = F.relu(self.block0(x))
+        feats, preacts = [f0], [f0]
+        x = f0
+        for i, group in enumerate((self.block1, self.block2, self.block3, self.block4), start=1):
+            if i < 4 or side == 64:  # as in forward: no pool before block4 at 32x32
+                x = F.max_pool2d(x, 2)
+            preact = group(x)
+            x = F.relu(preact)
+            preacts.append(preact)
+            feats.append(x)
+        pooled = classifier_input(x)
+        return self.classifier(pooled), Features(feats, preacts, pooled)
 
 
 def _register(name: str) -> None:

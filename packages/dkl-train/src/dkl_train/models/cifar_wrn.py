@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ._layers import classifier_input, init_conv_bn_
+from .features import Features
 from .registry import register_model
 
 
@@ -37,7 +38,15 @@ class WideBasicBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        activated = self.relu1(self.bn1(x))
+        return self._forward_activated(x, self.relu1(self.bn1(x)))
+
+    def forward_with_preact(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(output, ``bn1(x)``): the first block of a stage normalises the previous stage's output, and that
+        pre-ReLU map is mdistiller's ``preact`` feature of the previous stage (kept intact: no in-place ReLU)."""
+        preact = self.bn1(x)
+        return self._forward_activated(x, F.relu(preact)), preact
+
+    def _forward_activated(self, x: Tensor, activated: Tensor) -> Tensor:
         shortcut = x if self.convShortcut is None else self.convShortcut(activated)
         out = self.relu2(self.bn2(self.conv1(activated)))
         if self.drop_rate > 0:
@@ -59,6 +68,13 @@ class NetworkBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layer(x)
+
+    def forward_with_preact(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(output, the first block's ``bn1(x)``): the pre-ReLU form of the input, see ``WideBasicBlock``."""
+        out, preact = self.layer[0].forward_with_preact(x)
+        for block in self.layer[1:]:
+            out = block(out)
+        return out, preact
 
 
 class WideResNet(nn.Module):
@@ -88,6 +104,24 @@ class WideResNet(nn.Module):
         out = self.block3(self.block2(self.block1(self.conv1(x))))
         out = self.relu(self.bn1(out))
         return self.fc(classifier_input(out))
+
+    def forward_stages(self, x: Tensor) -> tuple[Tensor, Features]:
+        """Logits and mdistiller's features of this pre-activation net.
+
+        ``feats``: the stem convolution, then the raw output of each stage (no BN/ReLU of their own);
+        ``preact_feats``: the stem, then each stage's output through the BN that follows it before a ReLU
+        (the next stage's first ``bn1``, the head's ``bn1`` for the last); ``pooled``: the average of
+        ``relu(bn1(last stage))``. mdistiller applies those three BNs a second time after its forward pass
+        (same values; in training mode their running statistics then move twice per step); here they are
+        the tensors of the single pass, so the statistics move once, as in ``forward``.
+        """
+        stem = self.conv1(x)
+        f1 = self.block1(stem)
+        f2, pre1 = self.block2.forward_with_preact(f1)
+        f3, pre2 = self.block3.forward_with_preact(f2)
+        pre3 = self.bn1(f3)
+        pooled = classifier_input(F.relu(pre3))
+        return self.fc(pooled), Features([stem, f1, f2, f3], [stem, pre1, pre2, pre3], pooled)
 
 
 def _register(name: str, depth: int, widen_factor: int) -> None:

@@ -11,11 +11,14 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ._layers import classifier_input, init_conv_bn_
+from .features import Features
 from .registry import register_model
 
 # expansion (None = the model's T), output channels, repeats, first stride
 _STAGES = ((1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2), (None, 96, 3, 1))
 _STAGES += ((None, 160, 3, 2), (None, 320, 1, 1))
+# The stages after which mdistiller's MobileNetV2 takes a feature (f1..f4; f0 is the stem).
+_FEATURE_STAGES = (1, 2, 4, 6)
 
 
 def _conv_bn_relu(inp: int, oup: int, kernel: int, stride: int) -> nn.Sequential:
@@ -74,6 +77,22 @@ class CifarMobileNetV2(nn.Module):
         for stage in self.blocks:
             x = stage(x)
         return self.classifier(classifier_input(self.conv2(x)))
+
+    def forward_stages(self, x: Tensor) -> tuple[Tensor, Features]:
+        """Logits and mdistiller's features: the stem (after its ReLU), then the outputs of stages 1, 2, 4, 6.
+
+        mdistiller's MobileNetV2 returns no ``preact_feats``: its stage outputs are linear bottlenecks (a BN,
+        plus the residual, no final ReLU), so the feature is its own pre-activation. ``preact_feats`` is
+        therefore the same list as ``feats`` (the same tensors).
+        """
+        x = self.conv1(x)
+        feats = [x]
+        for i, stage in enumerate(self.blocks):
+            x = stage(x)
+            if i in _FEATURE_STAGES:
+                feats.append(x)
+        pooled = classifier_input(self.conv2(x))
+        return self.classifier(pooled), Features(feats, list(feats), pooled)
 
 
 @register_model("MobileNetV2")

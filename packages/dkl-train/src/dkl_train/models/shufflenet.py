@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ._layers import channel_shuffle, classifier_input
+from .features import Features
 from .registry import register_model
 
 
@@ -31,13 +32,17 @@ class ShuffleV1Block(nn.Module):
         self.conv3 = nn.Conv2d(mid, out_planes, kernel_size=1, groups=groups, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def preact(self, x: Tensor) -> Tensor:
+        """The branch joined with the shortcut (concatenated at stride 2, summed otherwise), before the ReLU."""
         out = channel_shuffle(F.relu(self.bn1(self.conv1(x))), self.first_groups)
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if self.stride == 2:
-            return F.relu(torch.cat([out, F.avg_pool2d(x, 3, stride=2, padding=1)], 1))
-        return F.relu(out + x)
+            return torch.cat([out, F.avg_pool2d(x, 3, stride=2, padding=1)], 1)
+        return out + x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.preact(x))
 
 
 class CifarShuffleNetV1(nn.Module):
@@ -72,6 +77,21 @@ class CifarShuffleNetV1(nn.Module):
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.linear(classifier_input(x))
 
+    def forward_stages(self, x: Tensor) -> tuple[Tensor, Features]:
+        """Logits and mdistiller's features: the stem (after its ReLU, in both lists), then each stage's
+        output and its last block's pre-ReLU join."""
+        x = F.relu(self.bn1(self.conv1(x)))
+        feats, preacts = [x], [x]
+        for stage in (self.layer1, self.layer2, self.layer3):
+            for block in stage[:-1]:
+                x = block(x)
+            preact = stage[-1].preact(x)
+            x = F.relu(preact)
+            feats.append(x)
+            preacts.append(preact)
+        pooled = classifier_input(x)
+        return self.linear(pooled), Features(feats, preacts, pooled)
+
 
 class ShuffleV2Block(nn.Module):
     """Split channels in half; 1x1 -> depthwise 3x3 -> 1x1 on one half; concatenate; shuffle."""
@@ -87,13 +107,17 @@ class ShuffleV2Block(nn.Module):
         self.conv3 = nn.Conv2d(c, c, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(c)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def split_preact(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(the untouched half, the other half's branch before its final ReLU)."""
         c = int(x.shape[1] * self.split_ratio)
         kept, branch = x[:, :c], x[:, c:]
         out = F.relu(self.bn1(self.conv1(branch)))
         out = self.bn2(self.conv2(out))
-        out = F.relu(self.bn3(self.conv3(out)))
-        return channel_shuffle(torch.cat([kept, out], 1), 2)
+        return kept, self.bn3(self.conv3(out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        kept, preact = self.split_preact(x)
+        return channel_shuffle(torch.cat([kept, F.relu(preact)], 1), 2)
 
 
 class ShuffleV2DownBlock(nn.Module):
@@ -149,6 +173,24 @@ class CifarShuffleNetV2(nn.Module):
         x = self.layer3(self.layer2(self.layer1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
         return self.linear(classifier_input(x))
+
+    def forward_stages(self, x: Tensor) -> tuple[Tensor, Features]:
+        """Logits and mdistiller's features: the stem (after its ReLU, in both lists), then per stage its
+        shuffled output (``feats``) and, as mdistiller defines it, its last block's concatenation
+        ``[kept half, branch before ReLU]`` *before* the channel shuffle (``preact_feats``: so
+        ``relu(preact) != feat`` here, the channel order differs). ``pooled`` follows the 1x1 ``conv2``
+        head (1024 channels)."""
+        x = F.relu(self.bn1(self.conv1(x)))
+        feats, preacts = [x], [x]
+        for stage in (self.layer1, self.layer2, self.layer3):
+            for block in stage[:-1]:
+                x = block(x)
+            kept, branch = stage[-1].split_preact(x)
+            x = channel_shuffle(torch.cat([kept, F.relu(branch)], 1), 2)
+            feats.append(x)
+            preacts.append(torch.cat([kept, branch], 1))
+        pooled = classifier_input(F.relu(self.bn2(self.conv2(x))))
+        return self.linear(pooled), Features(feats, preacts, pooled)
 
 
 @register_model("ShuffleV1")
