@@ -56,7 +56,7 @@ clean: ## Remove caches (keeps .venv, data/ and runs/)
 RUNS ?= runs
 .PHONY: report
 report: install ## Aggregate every results.json under RUNS=<folder> into RUNS/REPORT.md + plots (mean Â± std over seeds vs paper)
-	$(PY) -m dkl_train.report $(RUNS)
+	$(PY) -m tools.report $(RUNS)
 
 # --- datasets and the knowledge-distillation recipe (recipes/kd) ----------------------------
 DATASET ?= digits
@@ -85,7 +85,7 @@ reproduce-kd: install ## Train + eval a KD config over seeds, then report mean Â
 	  $(LAUNCH) $(LAUNCH_ARGS) recipes/kd/train.py --config $(KD_CONFIG) seed=$$seed output_dir=$(KD_RUNS)/seed$$seed resume=true $(ARGS) || exit 1; \
 	  $(LAUNCH) $(LAUNCH_ARGS) recipes/kd/eval.py --config $(KD_CONFIG) seed=$$seed output_dir=$(KD_RUNS)/seed$$seed $(ARGS) || exit 1; \
 	done
-	$(PY) -m dkl_train.report $(KD_RUNS)
+	$(PY) -m tools.report $(KD_RUNS)
 
 # --- the semi-supervised recipe (recipes/ssl) --------------------------------------------------
 SSL_CONFIG := $(or $(CONFIG),recipes/ssl/configs/cifar100_200_fixmatch_ikl.yaml)
@@ -100,7 +100,7 @@ reproduce-ssl: install ## Train an SSL config over seeds (resumable), then repor
 	@for seed in $(SSL_SEEDS); do \
 	  $(LAUNCH) $(LAUNCH_ARGS) recipes/ssl/train.py --config $(SSL_CONFIG) seed=$$seed output_dir=$(SSL_RUNS)/seed$$seed resume=true $(ARGS) || exit 1; \
 	done
-	$(PY) -m dkl_train.report $(SSL_RUNS)
+	$(PY) -m tools.report $(SSL_RUNS)
 
 # --- the adversarial-training recipe (recipes/adv) ---------------------------------------------
 ADV_CONFIG := $(or $(CONFIG),recipes/adv/configs/cifar10_wrn34_ikl.yaml)
@@ -122,7 +122,7 @@ reproduce-adv: install ## Train + AutoAttack an adv config over seeds, then repo
 	  $(LAUNCH) $(LAUNCH_ARGS) recipes/adv/train.py --config $(ADV_CONFIG) seed=$$seed output_dir=$(ADV_RUNS)/seed$$seed resume=true $(ARGS) || exit 1; \
 	  $(LAUNCH) $(LAUNCH_ARGS) recipes/adv/eval.py run_dir=$(ADV_RUNS)/seed$$seed $(EVAL_ARGS) || exit 1; \
 	done
-	$(PY) -m dkl_train.report $(ADV_RUNS)
+	$(PY) -m tools.report $(ADV_RUNS)
 
 # --- the demo: every recipe on digits, on this CPU ---------------------------------------------------
 # Ten short runs -- KD: teacher, student alone, KD and IKL students; adversarial: TRADES and IKL-AT, each then
@@ -156,7 +156,7 @@ define demo_run
 @mkdir -p $(DEMO_LOGS); $(if $(2),rm -rf $(2);) log=$(DEMO_LOGS)/$(subst /,_,$(1)).log; start=$$(date +%s); \
 echo "  start $(1)  (log: $$log)"; \
 if ( set -x; $(3) ) > $$log 2>&1; then \
-  echo "  done  $(1) in $$(( $$(date +%s) - start )) s: $$($(PY) -m dkl_train.demo --summary $(or $(2),$(4)))"; \
+  echo "  done  $(1) in $$(( $$(date +%s) - start )) s: $$($(PY) -m tools.demo --summary $(or $(2),$(4)))"; \
 else tail -n 30 $$log; echo "FAILED $(1): the whole log is $$log"; exit 1; fi
 endef
 # $(call demo_kd,RUN,CONFIG_SUFFIX,EXTRA) and the same for the other recipes: one training run of the demo.
@@ -214,14 +214,14 @@ demo: install ## Every recipe on digits on this CPU, two runs at a time (about 3
 	@rm -rf $(DEMO_RUNS)/kd $(DEMO_RUNS)/ssl $(DEMO_RUNS)/adv $(DEMO_LOGS)
 	@echo "Ten short runs on the digits dataset, two at a time; each one's output is in $(DEMO_LOGS)/."
 	@$(MAKE) --no-print-directory -j2 DEMO_LANES=1 demo-kd-student demo-kd-ikl
-	@$(PY) -m dkl_train.report $(DEMO_RUNS) > $(DEMO_LOGS)/report.log || { cat $(DEMO_LOGS)/report.log; exit 1; }
+	@$(PY) -m tools.report $(DEMO_RUNS) > $(DEMO_LOGS)/report.log || { cat $(DEMO_LOGS)/report.log; exit 1; }
 	@echo "Report and plots: $(DEMO_RUNS)/REPORT.md"
-	@$(PY) -m dkl_train.demo $(DEMO_RUNS) --readme README.md $(if $(DEMO_OVERRIDDEN),--overridden $(DEMO_OVERRIDDEN))
+	@$(PY) -m tools.demo $(DEMO_RUNS) --readme README.md $(if $(DEMO_OVERRIDDEN),--overridden $(DEMO_OVERRIDDEN))
 
 demo-table: ## Print the table of the demo runs (reads runs/demo/**/results.json, or DEMO_RUNS=...)
-	@$(PY) -m dkl_train.demo $(DEMO_RUNS)
+	@$(PY) -m tools.demo $(DEMO_RUNS)
 
-# --- whole paper tables: every config of one table over seeds (dkl_train.sweep) ----------------
+# --- whole paper tables: every config of one table over seeds (tools/sweep.py) ----------------
 # A table is every training config of recipes/<task>/configs with one `dataset` (`make sweep-list` shows them).
 # Finished runs (results.json with the headline statistic) are skipped, interrupted ones resumed; the run
 # folders are those of reproduce-*: $(RUNS)/<task>/<config>/seed<N>. The table goes to $(RUNS)/<task>/TABLE_<table>.md.
@@ -230,7 +230,7 @@ demo-table: ## Print the table of the demo runs (reads runs/demo/**/results.json
 TABLE ?=
 SUBMIT ?= local
 SBATCH_ARGS ?=
-SWEEP = $(PY) -m dkl_train.sweep
+SWEEP = $(PY) -m tools.sweep
 SWEEP_OPTS = --table "$(TABLE)" --runs "$(RUNS)" --submit "$(SUBMIT)" --launch "$(LAUNCH) $(LAUNCH_ARGS)" \
   --python "$(PY)" --args "$(ARGS)" --sbatch "$(SBATCH_ARGS)"
 .PHONY: sweep-kd sweep-adv sweep-ssl sweep-list

@@ -66,7 +66,7 @@ class OneBatchLoader:
 
 
 def cpu_benchmark(args) -> tuple[dict, list[list[str]]]:
-    from dkl_train.config import BaseConfig, load_config
+    from dkl_train.config import EpochConfig, load_config
     from dkl_train.models import create_model
     from dkl_train.training import Run
 
@@ -85,7 +85,7 @@ def cpu_benchmark(args) -> tuple[dict, list[list[str]]]:
 
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config(
-            BaseConfig, None, [f"output_dir={tmp}/run", f"batch_size={args.batch_size}", "log_every=1000", "lr=1e-4"]
+            EpochConfig, None, [f"output_dir={tmp}/run", f"batch_size={args.batch_size}", "log_every=1000", "lr=1e-4"]
         )
         run = Run(config)
         accel_student, accel_optimizer = run.prepare(*fresh_student())
@@ -131,7 +131,7 @@ def cpu_benchmark(args) -> tuple[dict, list[list[str]]]:
 
 def cuda_benchmark(args) -> tuple[dict, list[list[str]]]:
     """ResNet34 -> ResNet18 IKL-KD at 224 px, bf16, synthetic data, through Run (the recipe's path)."""
-    from dkl_train.config import BaseConfig, load_config
+    from dkl_train.config import EpochConfig, load_config
     from dkl_train.models import create_model
     from dkl_train.training import Run
 
@@ -139,7 +139,7 @@ def cuda_benchmark(args) -> tuple[dict, list[list[str]]]:
     torch.backends.cudnn.benchmark = True
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config(
-            BaseConfig,
+            EpochConfig,
             None,
             [
                 f"output_dir={tmp}/run",

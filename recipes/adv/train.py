@@ -48,7 +48,7 @@ import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.distributed as dist
@@ -67,18 +67,20 @@ from dkl_core.attacks import (
     robust_accuracy,
 )
 from dkl_train.averaging import ema_model, exponential_checkpoint_average, recompute_bn_statistics
-from dkl_train.config import BaseConfig, ConfigError, parse_config
+from dkl_train.config import ConfigError, EpochConfig, parse_config
 from dkl_train.data import TransformedDataset, build_datasets, build_transform
 from dkl_train.training import Run, build_optimizer, evaluate
 
-METHODS = ("ikl", "gkl", "trades", "pgd_at")
+METHODS = ("pgd_at", "trades", "ikl", "gkl")
 RELEASED_BUDGETS = ("high_as_released", "high", "low")  # dkl_core.attacks.attack_schedule's names
 MODEL_FILES = {"raw": "model.pth", "checkpoint_average": "model_avg.pth", "ema": "model_ema.pth"}
 
 
 @dataclass
-class AdvConfig(BaseConfig):
+class AdvConfig(EpochConfig):
     """Settings of one adversarial-training run (``mse_weight``/``ce_weight``: the released scripts' beta/alpha)."""
+
+    recipe: ClassVar[str] = "adv"
 
     # --- defaults: CIFAR-10 WRN-34-10 IKL-AT ---
     dataset: str = "cifar10"

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from dkl_core import ClassPrior, dkd_loss, gkl_loss, hcl_loss, ikl_loss, kl_loss
-from dkl_train.config import BaseConfig, ConfigError, parse_config
+from dkl_train.config import ConfigError, EpochConfig, parse_config
 from dkl_train.data import build_datasets, load_prepared
 from dkl_train.models import forward_features
 from dkl_train.models.reviewkd import ReviewKDStudent, teacher_levels
@@ -50,8 +50,10 @@ class TeacherError(RuntimeError):
 
 
 @dataclass
-class KDConfig(BaseConfig):
+class KDConfig(EpochConfig):
     """Settings of one distillation run (``mse_weight``/``ce_weight`` are the released code's beta/alpha)."""
+
+    recipe: ClassVar[str] = "kd"
 
     method: Literal["ce", "kd", "dkd", "reviewkd", "ikl", "gkl"] = "ikl"  # the training loss (see the module docstring)
     student: str = "resnet8x4"  # the model trained (with method=ce: the teacher being trained)

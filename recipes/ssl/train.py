@@ -47,18 +47,17 @@ is a pure function of ``(seed, iteration)``, so a resumed run continues exactly.
 
 from __future__ import annotations
 
+import itertools
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
 
 from dkl_core import ikl_loss
 from dkl_train.averaging import ema_model
@@ -78,7 +77,7 @@ from dkl_train.data import (
     tensor_steps,
 )
 from dkl_train.randaugment import USBRandAugment
-from dkl_train.training import Run, evaluate, set_learning_rate
+from dkl_train.training import Run, evaluate
 
 METHODS = ("fixmatch", "meanteacher")
 # The consistency loss each method was published with, and the IKL replacement.
@@ -94,7 +93,9 @@ class PretrainedError(RuntimeError):
 
 @dataclass
 class SSLConfig(BaseConfig):
-    """One semi-supervised run. Batch sizes are global; ``epochs`` and ``eval_every`` are derived (periods)."""
+    """One semi-supervised run, in iterations. Batch sizes are global; Run's ``epochs`` are derived (periods)."""
+
+    recipe: ClassVar[str] = "ssl"
 
     method: Literal["fixmatch", "meanteacher"] = "fixmatch"  # the SSL algorithm
     consistency: Literal["ce", "mse", "ikl"] = "ce"  # ce: FixMatch's, mse: MeanTeacher's, ikl: dkl-core's
@@ -140,9 +141,21 @@ class SSLConfig(BaseConfig):
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = 5e-4
     weight_decay: float = 5e-4
-    lr_schedule: Literal["multistep", "cosine", "constant"] = "cosine"
-    epochs: int = 0  # derived: number of evaluation periods
     log_every: int = 256
+    checkpoint_every: int = 1  # evaluation periods between checkpoints (the last one is always saved)
+
+    # Run's schedule, derived: its "epochs" are this recipe's evaluation periods of eval_every_iters iterations.
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.iterations / self.eval_every_iters)
+
+    @property
+    def eval_every(self) -> int:
+        return 1
+
+    @property
+    def stop_after_epochs(self) -> int:
+        return self.stop_after_iters // self.eval_every_iters
 
     def validate(self) -> None:
         allowed = (ORIGINAL_CONSISTENCY[self.method], "ikl")
@@ -153,8 +166,6 @@ class SSLConfig(BaseConfig):
             )
         if self.gradient_accumulation_steps != 1:
             raise ConfigError("the SSL recipe takes one optimiser step per iteration: gradient_accumulation_steps=1")
-        if self.lr_schedule != "cosine":
-            raise ConfigError("the SSL recipe uses USB's warm-up + cosine schedule per iteration: lr_schedule=cosine")
         for name in ("iterations", "eval_every_iters", "labels_per_class", "uratio", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -171,9 +182,6 @@ class SSLConfig(BaseConfig):
                 f"stop_after_iters={self.stop_after_iters} must be a multiple of eval_every_iters="
                 f"{self.eval_every_iters} (checkpoints are written at the end of each period)"
             )
-        # Run's "epochs" are this recipe's evaluation periods.
-        self.epochs = math.ceil(self.iterations / self.eval_every_iters)
-        self.eval_every = 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -549,8 +557,6 @@ def train(config: SSLConfig) -> dict[str, Any]:
 
     for period in run.epochs():
         begin, end = period * config.eval_every_iters, min((period + 1) * config.eval_every_iters, config.iterations)
-        if begin >= stop:
-            break
         metrics = _train_period(config, run, model, ema, teacher, optimizer, streams, begin, end)
         evaluated = evaluate_both(model, ema.module, test_loader, run)
         if val_loader is not None:
@@ -593,52 +599,29 @@ def _train_period(
     begin: int,
     end: int,
 ) -> dict[str, Any]:
-    """Iterations ``[begin, end)``: per iteration lr, loss, backward, step, EMA update. Returns the period's means."""
+    """Iterations ``[begin, end)`` through Run's loop, with USB's lr per iteration and an EMA update per step."""
     accelerator = run.accelerator
-    model.train()
     unwrapped = accelerator.unwrap_model(model)
-    period = begin // config.eval_every_iters
-    progress = run.resumed_progress(period) or {}  # resumed inside the period
-    sums: dict[str, torch.Tensor] = progress.get("sums", {})
-    started = time.perf_counter() - progress.get("seconds", 0.0)
-    images = progress.get("images", 0)
-    first = run.state.global_step if progress else begin  # the streams start at global_step too
-    bar = tqdm(range(first, end), desc=f"iterations {begin}-{end}", leave=False, disable=not run.is_main_process)
-    for iteration in bar:
-        labeled, unlabeled = next(streams)  # on the device, normalised (iteration_loader)
-        set_learning_rate(optimizer, learning_rate(config, iteration))
+
+    def batches(done: int) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        # The streams are positioned at the run's global step (``iteration_loader(start=...)``), so the next
+        # ``end - begin - done`` pairs are this period's remaining iterations, resumed or not.
+        return itertools.islice(streams, end - begin - done)
+
+    def compute_loss(pair: tuple[dict[str, Any], dict[str, Any]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        labeled, unlabeled = pair  # on the device, normalised (iteration_loader)
         with accelerator.autocast():
-            loss, terms = ssl_loss(config, model, teacher, labeled, unlabeled, iteration)
-        run.watch_loss(loss, terms)  # on the device; read at logging steps and at the end of the period
-        accelerator.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update_parameters(unwrapped)
-        run.state.global_step += 1
-        images += labeled["label"].shape[0] + unlabeled["label"].shape[0]
-        for name, value in {"loss": loss.detach(), **terms}.items():
-            sums[name] = sums.get(name, 0.0) + value.float()
-        if run.state.global_step % config.log_every == 0:
-            run.raise_if_nonfinite(period)
-            values = {"train/loss_step": float(loss.detach()), "train/lr": learning_rate(config, iteration)}
-            values |= {f"train/{k}_step": float(v) for k, v in terms.items()}
-            accelerator.log(values, step=run.state.global_step)
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", mask=f"{float(terms['mask_ratio']):.2f}")
-        if run.stop_requested():  # SIGTERM/SIGUSR1: checkpoint this iteration and exit
-            run.raise_if_nonfinite(period)  # never checkpoint weights a bad step has touched
-            progress = {"sums": sums, "images": images, "seconds": time.perf_counter() - started}
-            run.preempt(period, progress)
-    run.raise_if_nonfinite(period)
-    seconds = time.perf_counter() - started
-    names = sorted(sums)
-    means = accelerator.reduce(torch.stack([sums[n] for n in names]) / max(end - begin, 1), reduction="mean")
-    metrics: dict[str, Any] = {("train_loss" if n == "loss" else n): v for n, v in zip(names, means.tolist())}
-    total = int(accelerator.reduce(torch.tensor(images, device=run.device), reduction="sum").item())
-    run.state.train_seconds += seconds
-    run.state.train_images += total
-    metrics["lr"] = learning_rate(config, end - 1)
-    metrics["images_per_s"] = total / seconds if seconds > 0 else float("nan")
-    metrics["iterations_per_s"] = (end - begin) / seconds if seconds > 0 else float("nan")
+            return ssl_loss(config, model, teacher, labeled, unlabeled, run.state.global_step)
+
+    metrics = run.train_steps(
+        model, optimizer, batches, compute_loss, begin // config.eval_every_iters,
+        total=end - begin,
+        lr_at_step=lambda iteration: learning_rate(config, iteration),
+        after_step=lambda: ema.update_parameters(unwrapped),
+        images_in=lambda pair: pair[0]["label"].shape[0] + pair[1]["label"].shape[0],
+    )  # fmt: skip
+    images_per_iteration = config.batch_size * (1 + config.uratio)  # labeled + unlabeled, over all processes
+    metrics["iterations_per_s"] = metrics["images_per_s"] / images_per_iteration
     return metrics
 
 

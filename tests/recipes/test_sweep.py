@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from dkl_train import sweep
-from dkl_train.report import format_mean_std, headline_metric
+from tools import sweep
+from tools.report import format_mean_std, headline_metric
 
 TINY = "epochs=1 max_steps_per_epoch=2 batch_size=16 eval_subset=32 eval_batch_size=32 num_workers=0 log_every=1"
 
@@ -31,7 +31,7 @@ def test_slurm_array_script_on_digits(digits_dir, tmp_path, capsys):
         "--launch", shlex.join(launcher), "--args", f"data_dir={digits_dir} {TINY}",
     ])  # fmt: skip
     script = runs / "kd" / "sweep_digits.sh"
-    assert f"sbatch --dependency=afterok:$jid --array=1-3 {script}" in capsys.readouterr().out
+    assert f"sbatch --dependency=afterok:$jid --array=1-4 {script}" in capsys.readouterr().out
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
     env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
 

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from dkl_train.config import (
-    BaseConfig,
     ConfigError,
+    EpochConfig,
     accelerator_precision,
     config_to_dict,
     describe_fields,
@@ -37,7 +37,7 @@ class Inner:
 
 
 @dataclasses.dataclass
-class Demo(BaseConfig):
+class Demo(EpochConfig):
     method: Literal["ce", "kd"] = "ce"
     teacher: str | None = None
     inner: Inner = dataclasses.field(default_factory=Inner)
@@ -208,7 +208,7 @@ def test_what_configs_and_readmes_say_about_precision_is_true():
 
 
 @dataclasses.dataclass
-class Documented(BaseConfig):
+class Documented(EpochConfig):
     epochs: int = 5
     method: Literal["ce", "kd"] = "ce"  # which loss to train with
     inner: Inner = dataclasses.field(default_factory=Inner)  # the inner group

@@ -1,11 +1,11 @@
-"""dkl_train.demo: the closing table of `make demo` reads every run's results.json and must match the README."""
+"""tools.demo: the closing table of `make demo` reads every run's results.json and must match the README."""
 
 from __future__ import annotations
 
 import pytest
 
-from dkl_train.demo import HEADER, TableMismatchError, check_readme, main, markdown, readme_table, rows
 from dkl_train.results import write_json_atomic
+from tools.demo import HEADER, TableMismatchError, check_readme, main, markdown, readme_table, rows
 
 
 @pytest.fixture

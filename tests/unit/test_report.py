@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from dkl_train.report import (
+from tools.report import (
     ADV_HEADLINE,
     KD_HEADLINE,
     SSL_HEADLINE,
@@ -25,6 +25,7 @@ from dkl_train.report import (
 # (final top-1, best top-1) per seed: best differs from final so the report must pick the right one.
 KD_RUNS = {"kd": [(70.0, 71.0), (71.0, 71.5), (72.5, 73.0)], "ikl": [(72.0, 73.0), (73.5, 74.5)]}
 PAPER = {"kd": 73.33, "ikl": 76.59}
+REPO = Path(__file__).resolve().parents[2]  # `python -m tools.report` runs from the repository root
 
 
 def kd_result(method: str, seed: int, final: float, best: float, run: Path) -> dict:
@@ -114,6 +115,13 @@ def test_headline_metric_of_unfinished_or_bare_runs():
     assert headline_metric({"config": {"method": "kd"}, "final": {}, "best": {}}) == (KD_HEADLINE, None, None)
 
 
+def test_a_recorded_recipe_wins_over_the_keys():
+    ssl_keys = {"config": {"consistency": "ikl"}, "final": {"top1": 70.0}, "best": {"top1": {"value": 71.0}}}
+    assert headline_metric(ssl_keys)[0] == SSL_HEADLINE  # nothing recorded: recognised by its keys
+    assert headline_metric(ssl_keys | {"recipe": "kd"}) == (KD_HEADLINE, 71.0, 70.0)
+    assert headline_metric(ssl_keys | {"config": {"consistency": "ikl", "recipe": "kd"}})[0] == KD_HEADLINE
+
+
 def test_runs_are_grouped_by_setting_across_seeds(tmp_path):
     make_kd_runs(tmp_path)
     settings = collect(tmp_path)
@@ -177,11 +185,11 @@ def test_unevaluated_runs_are_counted_not_averaged(tmp_path):
 def test_cli_and_empty_folder(tmp_path):
     make_kd_runs(tmp_path / "runs")
     done = subprocess.run(
-        [sys.executable, "-m", "dkl_train.report", str(tmp_path / "runs")], capture_output=True, text=True
+        [sys.executable, "-m", "tools.report", str(tmp_path / "runs")], capture_output=True, text=True, cwd=REPO
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "runs" / "REPORT.md").exists()
     empty = subprocess.run(
-        [sys.executable, "-m", "dkl_train.report", str(tmp_path / "none")], capture_output=True, text=True
+        [sys.executable, "-m", "tools.report", str(tmp_path / "none")], capture_output=True, text=True, cwd=REPO
     )
     assert empty.returncode != 0 and "no results.json" in empty.stderr

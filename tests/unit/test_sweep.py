@@ -1,7 +1,8 @@
-"""Whole-table sweeps (dkl_train.sweep): table discovery, job plans, skip logic, the table's layout, the job script."""
+"""Whole-table sweeps (tools.sweep): table discovery, job plans, skip logic, the table's layout, the job script."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from dkl_train import sweep
-from dkl_train.report import format_mean_std
 from dkl_train.training import PREEMPTED_EXIT_CODE
+from tools import sweep
+from tools.report import format_mean_std
 
 
 def entry(task: str, table: str, stem: str) -> sweep.Entry:
@@ -50,6 +51,15 @@ def test_tables_are_the_datasets_of_the_training_configs():
     ssl = sweep.discover("ssl")
     assert {e.row for e in ssl["cifar100"]} == {"cifar100, 200 labels"}
     assert {e.column for e in ssl["cifar100"]} >= {"fixmatch", "fixmatch_ikl", "meanteacher", "meanteacher_ikl"}
+
+
+def test_columns_follow_each_recipes_methods(tmp_path):
+    for task in sweep.TASKS:  # read from the script's source: the same tuple the recipe validates against
+        assert sweep.recipe_methods(task) == importlib.import_module(f"dkl_recipe_{task}.train").METHODS
+    recipe = tmp_path / "recipes" / "kd"
+    (recipe / "configs").mkdir(parents=True)
+    (recipe / "train.py").write_text('METHODS = ("ce", "new", "kd")\n')
+    assert sweep.recipe_methods("kd", tmp_path) == ("ce", "new", "kd")  # a method added to a recipe: no tool edit
 
 
 def test_unknown_table_lists_the_tables():
@@ -99,7 +109,7 @@ def test_plan_trains_an_in_table_teacher_first_and_once(tmp_path):
     assert jobs[0].run_dir == teacher and jobs[0].stage == 0
     assert [j for j in jobs if j.entry.stem == "digits_teacher_resnet14_ce"] == jobs[:1]  # first seed only
     students = [j for j in jobs if j.entry.config.get("teacher")]
-    assert len(students) == 4 and all(f"teacher_checkpoint={teacher / 'model.pth'}" in j.overrides for j in students)
+    assert len(students) == 6 and all(f"teacher_checkpoint={teacher / 'model.pth'}" in j.overrides for j in students)
     ikl_seed1 = next(j for j in jobs if j.entry.stem == "digits_resnet14_resnet8_ikl" and j.seed == 1)
     assert ikl_seed1.run_dir == tmp_path / "kd" / "digits_resnet14_resnet8_ikl" / "seed1"
     assert ikl_seed1.overrides[:3] == ["seed=1", f"output_dir={ikl_seed1.run_dir}", "resume=auto"]

@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
-from dkl_train.config import BaseConfig, load_config
+from dkl_train.config import EpochConfig, load_config
 from dkl_train.launch import (
     TrackerNotInstalledError,
     accelerate_config_file,
@@ -32,8 +32,8 @@ from dkl_train.training import (
 )
 
 
-def config(**overrides) -> BaseConfig:
-    return load_config(BaseConfig, None, [f"{k}={v}" for k, v in overrides.items()])
+def config(**overrides) -> EpochConfig:
+    return load_config(EpochConfig, None, [f"{k}={v}" for k, v in overrides.items()])
 
 
 def test_multistep_matches_mdistiller_epoch_convention():
@@ -245,7 +245,7 @@ def test_stop_signal_saves_the_position_inside_the_epoch_and_exits_143(tmp_path,
     run = Run(config(output_dir=tmp_path / "run", keep_checkpoints=3))
     before = signal.getsignal(signal.SIGTERM)
     epochs = run.epochs()
-    assert next(epochs) == 0 and signal.getsignal(signal.SIGTERM) == run._on_stop_signal
+    assert next(epochs) == 0 and signal.getsignal(signal.SIGTERM) == run.stop_signals.on_signal
     assert not run.stop_requested()
     os.kill(os.getpid(), signal.SIGUSR1)
     os.kill(os.getpid(), signal.SIGTERM)  # a second signal is noted, not acted on

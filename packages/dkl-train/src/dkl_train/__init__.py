@@ -1,1 +1,1 @@
-"""dkl-train: what the DKL recipes share. Import the submodules (config, data, training, results, models, demo)."""
+"""dkl-train: what the DKL recipes share. Import the submodules (config, data, training, results, models)."""

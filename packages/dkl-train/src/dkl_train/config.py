@@ -30,7 +30,7 @@ import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 
@@ -47,7 +47,16 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class BaseConfig:
-    """Fields every recipe has. Batch sizes are *global* (summed over processes and accumulation steps)."""
+    """Fields every recipe has. Batch sizes are *global* (summed over processes and accumulation steps).
+
+    How long a run is and when it evaluates and saves is the recipe's schedule: :class:`EpochConfig` for
+    the epoch-based recipes (KD, adversarial training), iterations for SSL. :class:`~dkl_train.training.Run`
+    reads the schedule as ``epochs`` (periods of training between evaluations), ``eval_every``,
+    ``checkpoint_every`` and ``stop_after_epochs``: fields of :class:`EpochConfig`, derived properties of an
+    iteration-based config (whose ``--help`` then lists only the settings it reads).
+    """
+
+    recipe: ClassVar[str | None] = None  # the recipe's name (kd, adv, ssl), recorded in results.json; not a setting
 
     # --- run ---
     output_dir: str = "runs/default"  # the run folder: config.yaml, checkpoints/, tb/, results.json
@@ -61,35 +70,26 @@ class BaseConfig:
     num_workers: int | Literal["auto"] = "auto"  # DataLoader workers per process; auto: its cores / LOCAL_WORLD_SIZE
     augment: bool = True  # False: train on the test-time transform (used by exactness tests)
     data_backend: Literal["pil", "gpu"] = "pil"  # pil: workers decode; gpu: the device decodes in batches (ImageNet)
-    # --- schedule ---
-    epochs: int = 240  # training epochs
+    # --- batches and precision ---
     batch_size: int = 64  # global batch per optimiser step
     eval_batch_size: int = 256  # global batch of evaluation
     gradient_accumulation_steps: int = 1  # micro-batches per optimiser step (same global batch, less memory)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] | None = "auto"  # auto: as accelerate launch / config says
     channels_last: bool = False  # models and image batches in channels-last memory format (faster GPU convolutions)
     cudnn_benchmark: bool = False  # time cuDNN's convolution algorithms once per input shape (not with deterministic)
-    # --- optimiser (SGD with per-epoch step decay unless a recipe overrides) ---
+    # --- optimiser ---
     optimizer: Literal["sgd", "adamw"] = "sgd"  # the optimiser
     lr: float = 0.05  # peak learning rate
     momentum: float = 0.9  # SGD momentum
     nesterov: bool = False  # SGD with Nesterov momentum
     weight_decay: float = 5e-4  # L2 penalty on all parameters
-    lr_schedule: Literal["multistep", "cosine", "constant"] = "multistep"  # per-epoch schedule after warm-up
-    lr_milestones: list[int] = dataclasses.field(default_factory=lambda: [150, 180, 210])  # multistep: lr decay epochs
-    lr_decay_rate: float = 0.1  # multistep: factor per milestone
-    lr_warmup_epochs: int = 0  # linear warm-up of the learning rate (ImageNet-style recipes)
-    # --- checkpoints, evaluation, logging ---
-    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
+    # --- checkpoints and logging ---
     keep_checkpoints: int = 2  # how many epoch checkpoints to keep
-    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
     log_every: int = 50  # optimiser steps between tracker/progress-bar updates
     log_step_losses: bool = False  # also store every step's loss in results.json (short runs, tests)
     # --- limits for smoke tests and quick looks (0 = no limit) ---
-    max_steps_per_epoch: int = 0  # end each epoch after N optimiser steps
     eval_subset: int = 0  # evaluate on the first N test images only
     train_subset: int = 0  # train on the first N training images only
-    stop_after_epochs: int = 0  # end the run after N epochs as an interruption would (resume tests)
     signal_at_step: int = 0  # SIGTERM to the run's process group after optimiser step N (pre-emption tests)
     notes: str = ""  # free text kept with the run (config.yaml, results.json)
 
@@ -116,6 +116,21 @@ class BaseConfig:
                 f"report_to: unknown tracker {', '.join(map(repr, unknown))}; Accelerate supports "
                 f"{', '.join(sorted(trackers))} (report_to=[] logs to none)"
             )
+
+
+@dataclasses.dataclass
+class EpochConfig(BaseConfig):
+    """A recipe that trains in epochs (KD, adversarial training): the schedule and its limits, per epoch."""
+
+    epochs: int = 240  # training epochs
+    lr_schedule: Literal["multistep", "cosine", "constant"] = "multistep"  # per-epoch schedule after warm-up
+    lr_milestones: list[int] = dataclasses.field(default_factory=lambda: [150, 180, 210])  # multistep: lr decay epochs
+    lr_decay_rate: float = 0.1  # multistep: factor per milestone
+    lr_warmup_epochs: int = 0  # linear warm-up of the learning rate (ImageNet-style recipes)
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
+    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    max_steps_per_epoch: int = 0  # end each epoch after N optimiser steps (0 = no limit)
+    stop_after_epochs: int = 0  # end the run after N epochs as an interruption would (resume tests; 0 = off)
 
 
 def _known_trackers() -> list[str]:

@@ -45,8 +45,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -78,12 +76,11 @@ from .launch import (
     launcher_options,
     unused_gpu_warning,
 )
+from .preemption import PREEMPTED_EXIT_CODE, StopSignals, signal_process_group, signal_self
 from .results import git_revision, write_json_atomic
 
 # The exit status of a run stopped by SIGTERM/SIGUSR1 after saving its checkpoint: 128 + SIGTERM, what
 # a shell reports for a process ended by SIGTERM, so schedulers and job scripts requeue both alike.
-PREEMPTED_EXIT_CODE = 143
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -288,6 +285,7 @@ class Run:
         if config.cudnn_benchmark:  # fixed input sizes: time each convolution's algorithms once, keep the fastest
             torch.backends.cudnn.benchmark = True
         self._loss_watch = _LossWatch()
+        self.stop_signals = StopSignals(self.accelerator.num_processes)  # SIGTERM/SIGUSR1 -> an agreed stop step
         world = self.accelerator.num_processes * config.gradient_accumulation_steps
         if config.batch_size % world:
             raise ValueError(
@@ -386,9 +384,10 @@ class Run:
         loader = make_loader(
             dataset, self.micro_batch_size, train=True, num_workers=self.config.num_workers, seed=self.config.seed
         )
-        if self.config.max_steps_per_epoch:
+        max_steps = getattr(self.config, "max_steps_per_epoch", 0)  # an EpochConfig limit (none without epochs)
+        if max_steps:
             # Truncate the epoch in the sampler, so every loader ends cleanly (Accelerate tracks the end).
-            loader.sampler.num_samples = self.config.max_steps_per_epoch * self.config.batch_size
+            loader.sampler.num_samples = max_steps * self.config.batch_size
         return self.device_loader(self.accelerator.prepare(loader), dataset)
 
     def eval_loader(self, dataset: TransformedDataset) -> DeviceLoader:
@@ -410,14 +409,6 @@ class Run:
 
     # --- epochs -------------------------------------------------------------------------------
 
-    # Pre-emption state (class defaults; see stop_requested): the first stop signal, signals after it,
-    # the all-reduce of the previous step's flags, the gloo group it runs on, the replaced handlers.
-    _stop_signal: int | None = None
-    _extra_signals: int = 0
-    _stop_pending: tuple[Any, torch.Tensor] | None = None
-    _stop_group: Any = None
-    _saved_handlers: dict[int, Any] | None = None
-
     def epochs(self) -> Iterator[int]:
         """The (0-based) epochs still to run: all of them, or those after the resumed checkpoint.
 
@@ -428,14 +419,12 @@ class Run:
         end = self.config.epochs
         if self.config.stop_after_epochs:
             end = min(end, self.config.stop_after_epochs)  # a simulated interruption (resume tests)
-        self._install_stop_handlers()
+        self.stop_signals.install()
         try:
             yield from range(self.state.epoch, end)
         finally:
-            if self._stop_pending is not None:  # every process posted it: complete it before any teardown
-                self._stop_pending[0].wait()
-                self._stop_pending = None
-            self._restore_stop_handlers()
+            self.stop_signals.complete_pending()  # every process posted it: complete it before any teardown
+            self.stop_signals.restore()
 
     def train_epoch(
         self,
@@ -448,38 +437,74 @@ class Run:
         after_step: Callable[[], None] | None = None,
         clip_grad_norm: float | None = None,
     ) -> dict[str, Any]:
-        """One epoch: for each batch ``loss, terms = compute_loss(batch)``, backward, optimiser step.
+        """One epoch of an epoch-based recipe: the epoch's learning rate, then :meth:`train_steps` over ``loader``.
 
-        ``compute_loss`` returns the loss to minimise and a dict of detached scalar terms to log.
-        ``after_step`` runs after every optimiser step (e.g. to remove an AWP perturbation). Gradient
-        accumulation and mixed precision are Accelerate's. Returns the epoch's training metrics
-        (means over all processes): ``train_loss``, each term, ``lr``, ``images_per_s``.
+        Resumed inside the epoch, the loader skips the batches already done (Accelerate's
+        ``skip_first_batches``: their samples are never loaded).
+        """
+        set_learning_rate(optimizer, learning_rate(self.config, epoch))
+        loader.set_epoch(epoch)
 
-        After a stop signal the epoch ends after the step the processes agree on, with a mid-epoch
-        checkpoint (:meth:`preempt`); resumed from it, the epoch skips the batches already done
-        (Accelerate's ``skip_first_batches``: their samples are never loaded) and continues with the
-        saved running sums, so its metrics are those of the uninterrupted epoch.
+        def batches(done: int) -> Iterable[Any]:
+            return _skip_first(loader, done) if done else loader
+
+        return self.train_steps(
+            model, optimizer, batches, compute_loss, epoch,
+            total=len(loader), after_step=after_step, clip_grad_norm=clip_grad_norm,
+        )  # fmt: skip
+
+    def train_steps(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        batches: Callable[[int], Iterable[Any]],
+        compute_loss: Callable[[Any], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+        period: int,
+        *,
+        total: int,
+        lr_at_step: Callable[[int], float] | None = None,
+        after_step: Callable[[], None] | None = None,
+        clip_grad_norm: float | None = None,
+        images_in: Callable[[Any], int] = lambda batch: int(batch["label"].shape[0]),
+    ) -> dict[str, Any]:
+        """The training loop of every recipe: one period (an epoch, or SSL's iterations between evaluations).
+
+        ``batches(done)`` gives this process's micro-batches of the period after the first ``done`` (0
+        unless resumed inside the period); ``total`` is their number when ``done`` is 0. For each one:
+        ``loss, terms = compute_loss(batch)`` (the loss to minimise and detached scalar terms to log),
+        backward, optimiser step. ``lr_at_step(step)`` sets the learning rate before optimiser step ``step``
+        (0-based, counted over the run; e.g. a per-iteration schedule, as nanoGPT's ``get_lr(it)``);
+        without it the caller sets it (per epoch). ``after_step`` runs after every optimiser step (an EMA
+        update, removing an AWP perturbation). Gradient accumulation and mixed precision are Accelerate's.
+        Returns the period's training metrics (means over all processes): ``train_loss``, each term,
+        ``lr``, ``images_per_s`` (with ``images_in(batch)`` images per micro-batch on this process).
+
+        After a stop signal the period ends after the step the processes agree on, with a mid-period
+        checkpoint (:meth:`preempt`); resumed from it, the loop continues from ``batches(done)`` with the
+        saved running sums, so its metrics are those of the uninterrupted period.
         """
         accelerator = self.accelerator
         model.train()
-        set_learning_rate(optimizer, learning_rate(self.config, epoch))
-        loader.set_epoch(epoch)
-        partial = self.resumed_progress(epoch) or {}
-        done = int(partial.get("batches", 0))  # this process's micro-batches of the epoch already trained
+        partial = self.resumed_progress(period) or {}
+        done = int(partial.get("batches", 0))  # this process's micro-batches of the period already trained
         sums: dict[str, torch.Tensor] = partial.get("sums", {})
         micro_losses: list[torch.Tensor] = partial.get("micro_losses", [])
         micro_steps = done
         images = int(partial.get("images", 0))
         start = time.perf_counter() - float(partial.get("seconds", 0.0))
         bar = tqdm(
-            total=len(loader),
+            total=total,
             initial=done,
-            desc=f"epoch {epoch + 1}/{self.config.epochs}",
+            desc=f"epoch {period + 1}/{self.config.epochs}",
             leave=False,
             dynamic_ncols=True,
             disable=not accelerator.is_main_process,
         )
-        for batch in _without_rng_draw(_skip_first(loader, done) if done else loader):
+        base_lr = None
+        for batch in _without_rng_draw(batches(done)):
+            if lr_at_step is not None:
+                base_lr = lr_at_step(self.state.global_step)
+                set_learning_rate(optimizer, base_lr)
             with accelerator.accumulate(model):
                 loss, terms = compute_loss(batch)
                 self.watch_loss(loss, terms)  # on the device; read at logging steps and at the end
@@ -490,7 +515,7 @@ class Run:
                 optimizer.zero_grad(set_to_none=True)
             micro_steps += 1
             bar.update()
-            images += int(batch["label"].shape[0])
+            images += images_in(batch)
             detached = loss.detach().float()
             micro_losses.append(detached)
             for name, value in {"loss": detached, **terms}.items():
@@ -501,17 +526,17 @@ class Run:
                 if after_step is not None:
                     after_step()
                 if self.state.global_step % self.config.log_every == 0:
-                    self.raise_if_nonfinite(epoch)  # the host reads the device here anyway
-                    self._log_step(detached, terms, optimizer)
+                    self.raise_if_nonfinite(period)  # the host reads the device here anyway
+                    self._log_step(detached, terms, optimizer, base_lr)
                     bar.set_postfix(loss=f"{detached.item():.4f}")
                 if self.stop_requested():
                     bar.close()
-                    self.raise_if_nonfinite(epoch)  # never checkpoint weights a bad step has touched
-                    self.preempt(epoch, _progress(micro_steps, sums, micro_losses, images, start))
+                    self.raise_if_nonfinite(period)  # never checkpoint weights a bad step has touched
+                    self.preempt(period, _progress(micro_steps, sums, micro_losses, images, start))
         bar.close()
-        self.raise_if_nonfinite(epoch)
-        if self._agree_stop(wait=True):  # a signal during the epoch's last step: save before evaluating
-            self.preempt(epoch, _progress(micro_steps, sums, micro_losses, images, start))
+        self.raise_if_nonfinite(period)
+        if self.stop_signals.agreed(wait=True):  # a signal during the period's last step: save before evaluating
+            self.preempt(period, _progress(micro_steps, sums, micro_losses, images, start))
         seconds = time.perf_counter() - start
         names = sorted(sums)
         means = accelerator.reduce(torch.stack([sums[n] for n in names]) / max(micro_steps, 1), reduction="mean")
@@ -519,7 +544,7 @@ class Run:
         total_images = int(accelerator.reduce(torch.tensor(images, device=self.device), reduction="sum").item())
         self.state.train_seconds += seconds
         self.state.train_images += total_images
-        metrics["lr"] = optimizer.param_groups[0]["lr"]
+        metrics["lr"] = optimizer.param_groups[0]["lr"] if base_lr is None else base_lr  # before layer-wise scales
         metrics["images_per_s"] = total_images / seconds if seconds > 0 else float("nan")
         if self.config.log_step_losses and micro_losses:
             accum = self.config.gradient_accumulation_steps
@@ -534,17 +559,13 @@ class Run:
     def stop_requested(self) -> bool:
         """Whether every process should stop now; call it on every process after every optimiser step.
 
-        SIGTERM/SIGUSR1 only set a flag (the step in flight always finishes). Processes may see a
-        signal at different steps, so they agree: each step posts this process's flag in an
-        asynchronous all-reduce (MAX) over a small CPU (gloo) group and reads the previous step's
-        result, which has long arrived. The answer is the same on every process, one step after the
-        first process saw a signal, and no step waits on the accelerator (no host-device sync). A
-        single process answers at once.
+        The processes agree (:class:`~dkl_train.preemption.StopSignals`): the answer is the same on every
+        process, one step after the first process saw a signal, without a host-device synchronisation.
         """
         step = self.config.signal_at_step
         if step and self.state.global_step == step and self.is_main_process:
-            os.killpg(os.getpgrp(), signal.SIGTERM)  # test knob: what a scheduler does, at a known step
-        return self._agree_stop(wait=False)
+            signal_process_group()  # test knob: what a scheduler does, at a known step
+        return self.stop_signals.agreed(wait=False)
 
     def preempt(self, epoch: int, progress: dict[str, Any]) -> NoReturn:
         """Save a mid-epoch checkpoint of the run as it is now, then exit with :data:`PREEMPTED_EXIT_CODE`.
@@ -556,15 +577,14 @@ class Run:
         self.state.partial = {"epoch": epoch, **progress}
         path = self.save_checkpoint()
         self.state.partial = None
-        signum = self._stop_signal
-        caught = signal.Signals(signum).name if signum is not None else "another process's stop signal"
-        ignored = f"; {self._extra_signals} more signal(s) after the first were ignored" if self._extra_signals else ""
+        caught, _, ignored = self.stop_signals.describe().partition("; ")
         self.print(
             f"{caught}: stopped after optimiser step {self.state.global_step} (inside epoch {epoch + 1}); checkpoint {path}"
-            f"{ignored}. Exiting with status {PREEMPTED_EXIT_CODE}; continue with resume=auto (or resume=true)."
+            f"{'; ' + ignored if ignored else ''}. Exiting with status {PREEMPTED_EXIT_CODE}; continue with "
+            "resume=auto (or resume=true)."
         )
         self.accelerator.end_training()
-        self._restore_stop_handlers()  # (signals until here are still only counted)
+        self.stop_signals.restore()  # (signals until here are still only counted)
         raise SystemExit(PREEMPTED_EXIT_CODE)
 
     def resumed_progress(self, epoch: int) -> dict[str, Any] | None:
@@ -574,46 +594,6 @@ class Run:
             return None
         self.state.partial = None
         return {k: to_device(v, self.device) for k, v in partial.items() if k != "epoch"}
-
-    def _install_stop_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread() or getattr(self, "_saved_handlers", None):
-            return  # Python delivers signals to the main thread only
-        self._saved_handlers = {s: signal.signal(s, self._on_stop_signal) for s in STOP_SIGNALS}
-
-    def _restore_stop_handlers(self) -> None:
-        for signum, handler in (getattr(self, "_saved_handlers", None) or {}).items():
-            signal.signal(signum, handler)
-        self._saved_handlers = None
-
-    def _on_stop_signal(self, signum: int, frame: Any) -> None:
-        # Only flags: the handler may run anywhere, including inside a checkpoint save, which must finish.
-        if self._stop_signal is None:
-            self._stop_signal = signum
-        else:
-            self._extra_signals += 1
-
-    def _agree_stop(self, *, wait: bool) -> bool:
-        """Have all processes agreed to stop? ``wait``: decide now (once per epoch) rather than one step later."""
-        local = self._stop_signal is not None
-        if self.accelerator.num_processes == 1:
-            return local
-        import torch.distributed as dist
-
-        if self._stop_pending is not None:
-            work, flag = self._stop_pending
-            self._stop_pending = None
-            work.wait()
-            if flag.item():
-                return True
-        if self._stop_group is None:  # CPU flags over gloo: no device sync, even when training uses NCCL
-            self._stop_group = dist.new_group(backend="gloo")
-        flag = torch.tensor([int(local)], dtype=torch.int32)
-        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._stop_group, async_op=True)
-        if wait:
-            work.wait()
-            return bool(flag.item())
-        self._stop_pending = (work, flag)
-        return False
 
     def watch_loss(self, loss: torch.Tensor, terms: dict[str, Any]) -> None:
         """Note on the device whether this step's ``loss`` is finite (no host-device synchronisation).
@@ -660,8 +640,10 @@ class Run:
         self.watch_loss(loss, terms)
         self.raise_if_nonfinite(epoch)
 
-    def _log_step(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
-        values = {"train/loss_step": float(loss), "train/lr": optimizer.param_groups[0]["lr"]}
+    def _log_step(
+        self, loss: torch.Tensor, terms: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, lr: float | None
+    ) -> None:
+        values = {"train/loss_step": float(loss), "train/lr": optimizer.param_groups[0]["lr"] if lr is None else lr}
         values.update({f"train/{k}_step": float(v) for k, v in terms.items()})
         self.accelerator.log(values, step=self.state.global_step)
 
@@ -715,10 +697,8 @@ class Run:
         """
         mid_epoch = self.state.partial is not None
         during_save = None
-        if self.config.signal_at_step and self._stop_signal is not None:
-
-            def during_save() -> None:
-                os.kill(os.getpid(), signal.SIGTERM)  # test knob: a second signal in the middle of the save
+        if self.config.signal_at_step and self.stop_signals.received:
+            during_save = signal_self  # test knob: a second signal in the middle of the save
 
         return write_checkpoint(
             self.accelerator,
@@ -808,6 +788,7 @@ class Run:
             last = next((h for h in reversed(state.history) if "test_top1" in h), {})
             final_metrics = {k[len("test_") :]: v for k, v in last.items() if k.startswith("test_")}
         payload = {
+            "recipe": type(self.config).recipe,
             "config": config_to_dict(self.config),
             "final": final_metrics,
             "best": {k: {"value": v, "epoch": state.best_epoch.get(k)} for k, v in state.best.items()},

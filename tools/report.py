@@ -12,7 +12,7 @@ Runs whose configs differ only in run-specific fields (seed, output folder, resu
 one setting. Curves of the settings that share a top-level sub-folder of RUNS (one *experiment*, e.g.
 ``runs/kd_resnet32x4_resnet8x4/{kd,ikl}/seed*``) are drawn on one PNG, averaged over seeds.
 
-Usage: ``python -m dkl_train.report RUNS [--output REPORT.md]``.
+Usage: ``python -m tools.report RUNS [--output REPORT.md]`` (from the repository root).
 """
 
 from __future__ import annotations
@@ -106,8 +106,16 @@ ADV_HEADLINE = "AutoAttack robust (checkpoint average)"  # the released models a
 
 
 def recipe_of(result: dict[str, Any]) -> str:
-    """``"adv"``, ``"ssl"`` or ``"kd"``, from the keys one run's ``results.json`` carries."""
-    config = result.get("config", {})
+    """``"adv"``, ``"ssl"`` or ``"kd"``: the recipe one run's ``results.json`` records, else guessed from its keys.
+
+    A ``recipe`` field (top level, or in ``config``) names it. Runs that do not record it (every run written
+    so far) are recognised by what only that recipe writes: AutoAttack results or adversarial config
+    fields (adv), the SSL consistency loss or EMA metrics (ssl); anything else is KD.
+    """
+    config = result.get("config") or {}
+    for recorded in (result.get("recipe"), config.get("recipe")):
+        if isinstance(recorded, str) and recorded:
+            return recorded
     if "autoattack" in result or "paper_autoattack" in config or "attack_loss" in config:
         return "adv"
     if "consistency" in config or "ema_top1" in result.get("best", {}) or "ema_top1" in result.get("final", {}):

@@ -1,6 +1,6 @@
 """`make demo`'s closing table: one row per run folder under ``runs/demo`` (every recipe), from its results.json.
 
-Usage: ``python -m dkl_train.demo runs/demo [--readme README.md]`` (``--summary RUN_DIR``: one run's figures). Unlike ``make report`` (mean +- std
+Usage: ``python -m tools.demo runs/demo [--readme README.md]`` (``--summary RUN_DIR``: one run's figures). Unlike ``make report`` (mean +- std
 over seeds), this lists single runs as they are, so a reader sees teacher, student alone and distilled
 students (and the adversarial and semi-supervised runs) side by side with what each cost.
 
@@ -144,7 +144,7 @@ def check_readme(table: list[list[str]], readme: str | Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dkl_train.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.splitlines()[0])
     parser.add_argument("runs_dir", nargs="?", default="runs/demo")
     parser.add_argument("--summary", action="store_true", help="print one run folder's headline figures and exit")
     parser.add_argument("--readme", default=None, help="fail if the table differs from this README's sample table")

@@ -1,17 +1,19 @@
 """Whole paper tables: every config of one table, over seeds, then the table in the paper's layout.
 
-    python -m dkl_train.sweep kd --table cifar100 --seeds "0 1 2"              # run here, then the table
-    python -m dkl_train.sweep kd --table cifar100 --seeds "0 1 2" --submit slurm  # write a SLURM array script
-    python -m dkl_train.sweep kd --table cifar100 --seeds "0 1 2" --submit none   # only (re)write the table
-    python -m dkl_train.sweep kd --list                                        # the tables and their configs
+    python -m tools.sweep kd --table cifar100 --seeds "0 1 2"              # run here, then the table
+    python -m tools.sweep kd --table cifar100 --seeds "0 1 2" --submit slurm  # write a SLURM array script
+    python -m tools.sweep kd --table cifar100 --seeds "0 1 2" --submit none   # only (re)write the table
+    python -m tools.sweep kd --list                                        # the tables and their configs
 
 A *table* is every training config of ``recipes/<task>/configs/`` with the same ``dataset`` field
 (the file-name prefix): each paper reports one table per data set. Evaluation-only configs (no
-``method``, e.g. the adversarial ``eval_*.yaml`` of released weights) belong to no table.
+``method``, e.g. the adversarial ``eval_*.yaml`` of released weights) belong to no table. The table's
+columns follow the recipe's own ``METHODS`` tuple (``recipes/<task>/train.py``), which lists the
+methods in the paper's column order: a method added there gets its column here.
 
 Every (config, seed) is one *job* with the run folder ``RUNS/<task>/<config file stem>/seed<N>``,
 the folder ``make reproduce-<task>`` uses, so runs made either way count for both. A job is skipped
-when its ``results.json`` holds the headline statistic (:func:`dkl_train.report.headline_metric`);
+when its ``results.json`` holds the headline statistic (:func:`tools.report.headline_metric`);
 otherwise it is started with ``resume=auto`` (or ``resume=true`` where the schema has no ``auto``),
 which continues an interrupted run from its newest checkpoint, or starts afresh when there is none.
 Adversarial jobs also run ``eval.py`` (AutoAttack, itself resumable) when training is done.
@@ -32,6 +34,8 @@ depend on them (``--dependency=afterok``).
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib
 import json
 import os
 import shlex
@@ -44,20 +48,31 @@ from typing import Any
 
 import yaml
 
-from .report import adv_clean, format_mean_std, headline_metric, paper_number
+from tools.report import adv_clean, format_mean_std, headline_metric, paper_number
 
-REPO_ROOT = Path(__file__).resolve().parents[4]
+# The checkout this tool belongs to: tools/ is never installed, so its parent is the repository root.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("kd", "adv", "ssl")
-# Paper column order of each task's methods (a variant such as ``ikl_autoaug`` follows its method).
-METHOD_ORDER = {
-    "kd": ("ce", "kd", "dkd", "reviewkd", "ikl", "gkl"),
-    "adv": ("pgd_at", "trades", "ikl", "gkl"),
-    "ssl": ("fixmatch", "meanteacher"),
-}
 
 
 class SweepError(ValueError):
     """A sweep request that cannot be served (unknown task or table, bad seeds); the message says what to do."""
+
+
+def recipe_methods(task: str, root: Path = REPO_ROOT) -> tuple[str, ...]:
+    """The recipe's ``METHODS`` (``recipes/<task>/train.py``), in the paper's column order.
+
+    Read from the script's source when it is a literal (no torch import for a table), else from the
+    installed recipe module ``dkl_recipe_<task>.train``.
+    """
+    script = configs_dir(task, root).parent / "train.py"
+    for node in ast.parse(script.read_text(encoding="utf-8"), filename=str(script)).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "METHODS" for t in node.targets):
+            try:
+                return tuple(str(method) for method in ast.literal_eval(node.value))
+            except ValueError:
+                break  # computed, not a literal: ask the module
+    return tuple(importlib.import_module(f"dkl_recipe_{task}.train").METHODS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,7 +107,7 @@ def row_name(task: str, config: dict[str, Any]) -> str:
         return f"{teacher} -> {student}" if teacher else f"{student} (no teacher)"
     if task == "adv":
         return f"{config.get('dataset')} {config.get('model')}"
-    from .data import get_spec  # torch is imported only for SSL rows
+    from dkl_train.data import get_spec  # torch is imported only for SSL rows
 
     dataset = str(config.get("dataset"))
     try:
@@ -168,7 +183,7 @@ def _same_path(a: Any, b: Any) -> bool:
 
 def resume_value() -> str:
     """``auto`` when the config schema accepts it (resume if a checkpoint exists), else ``true`` (same effect here)."""
-    from .config import BaseConfig, ConfigError, load_config
+    from dkl_train.config import BaseConfig, ConfigError, load_config
 
     try:
         load_config(BaseConfig, None, ["resume=auto"])
@@ -238,8 +253,8 @@ def _paper(config: dict[str, Any], key: str) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _column_key(task: str, column: str) -> tuple[int, str]:
-    order = METHOD_ORDER[task]
+def _column_key(order: tuple[str, ...], column: str) -> tuple[int, str]:
+    """Columns in the recipe's method order; a variant (``ikl_autoaug``) right after its method."""
     method = next((m for m in sorted(order, key=len, reverse=True) if column == m or column.startswith(m + "_")), None)
     return (order.index(method) if method else len(order), column)
 
@@ -263,7 +278,8 @@ def render_table(task: str, table: str, jobs: list[Job]) -> str:
             cell = f"{_cell(clean, expected[entry.stem], _paper(entry.config, 'paper_clean'))} / {cell}"
         cells[(entry.row, entry.column)] = cell
     rows = sorted({row for row, _ in cells}, key=str.lower)
-    columns = sorted({column for _, column in cells}, key=lambda c: _column_key(task, c))
+    order = recipe_methods(task)
+    columns = sorted({column for _, column in cells}, key=lambda c: _column_key(order, c))
     what = {
         "kd": "teacher -> student",
         "adv": "data set, model (cell: clean / AutoAttack robust)",
@@ -341,7 +357,7 @@ step() {
   return "$rc"
 }
 
-state=$("${PY[@]}" -m dkl_train.sweep state "$TASK" "$RUN") || exit 1
+state=$("${PY[@]}" -m tools.sweep state "$TASK" "$RUN") || exit 1
 echo "sweep: task ${SLURM_ARRAY_TASK_ID} $RUN: $state"
 if [ "$state" = train ]; then
   step "${LAUNCH[@]}" "${TRAIN[@]}" || exit $?
@@ -349,7 +365,7 @@ fi
 if [ "$TASK" = adv ] && [ "$state" != finished ]; then
   step "${LAUNCH[@]}" "recipes/adv/eval.py" "run_dir=$RUN" "${EVAL[@]}" || exit $?
 fi
-"${PY[@]}" -m dkl_train.sweep "$TASK" --submit none "${TABLE_ARGS[@]}" >/dev/null || exit 1
+"${PY[@]}" -m tools.sweep "$TASK" --submit none "${TABLE_ARGS[@]}" >/dev/null || exit 1
 """
 
 
@@ -380,7 +396,7 @@ def job_script(task: str, table: str, jobs: list[Job], seeds: list[int], runs: P
     lines = [
         "#!/bin/bash",
         f"# {task} table {table}: {len(jobs)} jobs (config x seed), one per SLURM_ARRAY_TASK_ID.",
-        f"# Written by `python -m dkl_train.sweep {task} --table {table}`; run one job with",
+        f"# Written by `python -m tools.sweep {task} --table {table}`; run one job with",
         f"#   SLURM_ARRAY_TASK_ID=0 bash {runs / task / f'sweep_{table}.sh'}",
         "# Each task is one `accelerate launch` on one node: its process count and precision come from",
         "# `accelerate config` or LAUNCH below; the resources each task asks for, from the #SBATCH lines.",
@@ -407,7 +423,8 @@ def job_script(task: str, table: str, jobs: list[Job], seeds: list[int], runs: P
         lines.append(f"     TRAIN={_bash_array(train)} ;;")
     lines.append(f'  *) echo "no job $SLURM_ARRAY_TASK_ID: this table has jobs 0-{len(jobs) - 1}" >&2; exit 2 ;;')
     lines.append("esac")
-    from .training import PREEMPTED_EXIT_CODE  # what a run stopped by a signal exits with (torch: imported here only)
+    # What a run stopped by a signal exits with (torch: imported here only).
+    from dkl_train.training import PREEMPTED_EXIT_CODE
 
     body = SCRIPT_BODY.replace("__PREEMPTED_EXIT__", str(PREEMPTED_EXIT_CODE))
     return "\n".join(lines) + "\n" + body
@@ -444,7 +461,7 @@ def run_locally(script: Path, jobs: list[Job]) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["state"]:  # used by the job script: one word on stdout
-        parser = argparse.ArgumentParser(prog="python -m dkl_train.sweep state")
+        parser = argparse.ArgumentParser(prog="python -m tools.sweep state")
         parser.add_argument("task", choices=TASKS)
         parser.add_argument("run_dir", type=Path)
         args = parser.parse_args(argv[1:])

@@ -1,0 +1,111 @@
+"""Pre-emption: stop signals become a flag, and every process agrees on the optimiser step to stop after.
+
+SLURM and most schedulers send SIGTERM (or SIGUSR1, with ``--signal``) before a time limit or on
+pre-emption. The handler only notes the signal (it may run anywhere, even inside a checkpoint save,
+which must finish). After each optimiser step the training loop asks :meth:`StopSignals.agreed`;
+processes may see a signal at different steps, so each posts its flag in an asynchronous all-reduce
+(MAX) over a small CPU (gloo) group and reads the previous step's result: every process gets the same
+answer one step after the first one saw a signal, and no step waits on the accelerator. The run then
+saves a mid-period checkpoint and exits with :data:`PREEMPTED_EXIT_CODE` (see
+:meth:`dkl_train.training.Run.preempt`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any
+
+import torch
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: what a shell reports for a job ended by SIGTERM
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopSignals:
+    """The stop-signal flag of one process and the agreement between processes.
+
+    Args:
+        num_processes: processes of the run (a single process answers at once, without collectives).
+    """
+
+    def __init__(self, num_processes: int) -> None:
+        self.num_processes = num_processes
+        self.first: int | None = None  # the first stop signal received
+        self.extra = 0  # signals received after it (noted, ignored)
+        self._pending: tuple[Any, torch.Tensor] | None = None  # the previous step's all-reduce and its flag
+        self._group: Any = None  # the gloo group the flags travel on
+        self._saved_handlers: dict[int, Any] | None = None
+
+    @property
+    def received(self) -> bool:
+        """Whether this process has received a stop signal."""
+        return self.first is not None
+
+    def install(self) -> None:
+        """Replace the handlers of :data:`STOP_SIGNALS` with :meth:`on_signal` (main thread only; once)."""
+        if threading.current_thread() is not threading.main_thread() or self._saved_handlers:
+            return  # Python delivers signals to the main thread only
+        self._saved_handlers = {s: signal.signal(s, self.on_signal) for s in STOP_SIGNALS}
+
+    def restore(self) -> None:
+        """Put the previous handlers back."""
+        for signum, handler in (self._saved_handlers or {}).items():
+            signal.signal(signum, handler)
+        self._saved_handlers = None
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        # Only flags: the handler may run anywhere, including inside a checkpoint save, which must finish.
+        if self.first is None:
+            self.first = signum
+        else:
+            self.extra += 1
+
+    def agreed(self, *, wait: bool) -> bool:
+        """Have all processes agreed to stop? ``wait``: decide now (once per period) rather than one step later."""
+        local = self.first is not None
+        if self.num_processes == 1:
+            return local
+        import torch.distributed as dist
+
+        if self._pending is not None:
+            work, flag = self._pending
+            self._pending = None
+            work.wait()
+            if flag.item():
+                return True
+        if self._group is None:  # CPU flags over gloo: no device sync, even when training uses NCCL
+            self._group = dist.new_group(backend="gloo")
+        flag = torch.tensor([int(local)], dtype=torch.int32)
+        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+        if wait:
+            work.wait()
+            return bool(flag.item())
+        self._pending = (work, flag)
+        return False
+
+    def complete_pending(self) -> None:
+        """Finish the all-reduce every process has posted, before any teardown (end of the run's periods)."""
+        if self._pending is not None:
+            self._pending[0].wait()
+            self._pending = None
+
+    def describe(self) -> str:
+        """What stopped the run, for its last message."""
+        caught = signal.Signals(self.first).name if self.first is not None else "another process's stop signal"
+        ignored = f"; {self.extra} more signal(s) after the first were ignored" if self.extra else ""
+        return caught + ignored
+
+
+# Test knobs (``signal_at_step``): what a scheduler does, at a known step, and a second signal mid-save.
+
+
+def signal_process_group() -> None:
+    """SIGTERM to this process's whole group, as a scheduler sends it to every task of a job."""
+    os.killpg(os.getpgrp(), signal.SIGTERM)
+
+
+def signal_self() -> None:
+    """SIGTERM to this process alone (a second signal in the middle of a checkpoint save)."""
+    os.kill(os.getpid(), signal.SIGTERM)
