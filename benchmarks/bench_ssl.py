@@ -15,13 +15,14 @@ import copy
 from pathlib import Path
 
 import torch
-from dkl_recipe_ssl.train import SSLConfig, build_optimizer, learning_rate, ssl_loss
+from dkl_recipe_ssl.train import SSLConfig, build_optimizer, ssl_loss
 
 from benchmarks._common import device_name, time_side_by_side, write_results
 from dkl_train.averaging import ema_model
 from dkl_train.config import load_config
 from dkl_train.data import get_spec
 from dkl_train.models import create_model
+from dkl_train.training import iteration_learning_rate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "ssl" / "configs"
 PAIRS = {
@@ -54,7 +55,7 @@ def make_step(config: SSLConfig, model: torch.nn.Module, batch: tuple[dict, dict
 
     def step() -> None:
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, state["iteration"]) * group.get("lr_scale", 1.0)
+            group["lr"] = iteration_learning_rate(config, state["iteration"]) * group.get("lr_scale", 1.0)
         context = torch.autocast(device_type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
         with context:
             loss, _ = ssl_loss(config, model, teacher, *batch, state["iteration"])

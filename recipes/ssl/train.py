@@ -22,62 +22,47 @@ Per iteration: a labeled batch ``(x, y)`` of ``batch_size`` images and an unlabe
   unsupervised weight over that fraction of the iterations; it defaults to 0 (no ramp), as the
   released MeanTeacher ran: its loss leaves the ramp factor commented out.
 - ``consistency=ikl``: dkl-core's ``ikl_loss(s, t, reduction="none")`` per sample: ``mse_weight * wMSE
-  + ce_weight * sCE(ikl_temperature)`` with weights ``softmax(t / weight_temperature)``. In FixMatch
+  + ce_weight * sCE(temperature)`` with weights ``softmax(t / weight_temperature)``. In FixMatch
   ``t`` is *not* detached (the weak and strong views share one forward pass, and the released code let
   the wMSE gradient reach both). ``detach_weights=false`` is what the released code ran (the gradient
   also flows through the weights) and what the paper numbers came from; ``true`` is the formula as
   the paper writes it.
 
-The rest is USB's protocol: a seeded ``labels_per_class`` draw from the training set (every training
-image stays in the unlabeled set), weak view = RandomCrop(pad 1/8, reflect) + flip, strong view = weak
-+ USB's RandAugment (``randaugment_ops`` ops, each magnitude drawn over the op's whole range) + Cutout
-(:class:`dkl_train.randaugment.USBRandAugment`), AdamW with layer-wise lr decay from timm's
-optimizer factory, linear warm-up then USB's cosine (``cos(7 pi/16 * progress)``) per iteration, an
-EMA of the weights evaluated next to the model every ``eval_every_iters`` iterations (best and last
-test accuracy of both). Two additions USB's users asked for: ``val_per_class`` holds out a labeled
-validation split (removed from the unlabeled set) and reports the test accuracy at the iteration the
-validation accuracy selects; and the batch sizes are *global*, so N processes split every batch N
-ways and run the same experiment N times faster (``batch_size`` must divide by N).
-
-Iterations are grouped into *periods* of ``eval_every_iters``; :class:`~dkl_train.training.Run` sees
-each period as one of its "epochs" (``epochs`` is derived), so its history, best metrics, checkpoints
-(``checkpoints/epoch_XXXX`` = after period XXXX) and ``resume=true`` work unchanged. The data stream
-is a pure function of ``(seed, iteration)``, so a resumed run continues exactly.
+The rest is USB's protocol (README.md has each setting against the released code): a seeded
+``labels_per_class`` draw (every training image stays unlabeled too; ``val_per_class`` holds out a
+labeled validation split), weak view = RandomCrop(pad 1/8, reflect) + flip, strong view = weak + USB's
+RandAugment + Cutout, AdamW with timm's layer-wise lr decay, warm-up then USB's cosine per iteration,
+an EMA of the weights evaluated next to the model every ``eval_every_iters`` iterations. Batch sizes are
+global. Training runs in :meth:`~dkl_train.training.Run.train_steps`, the loop of every recipe (one
+"epoch" of it is an evaluation period here); the data stream is a pure function of ``(seed, iteration)``
+(:mod:`dkl_train.iterations`), so 2 processes equal 1 and a resumed run continues exactly.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
-from torchvision.transforms import v2
 
 from dkl_core import ikl_loss
 from dkl_train.averaging import ema_model
-from dkl_train.config import BaseConfig, ConfigError, parse_config
+from dkl_train.config import ConfigError, IterationConfig, parse_config
 from dkl_train.data import (
     DatasetSpec,
-    DeviceLoader,
     DeviceNormalize,
-    ImageOutput,
     TransformedDataset,
     build_transform,
-    ignore_stop_signals,
-    labeled_subset_indices,
     load_splits,
-    resolve_num_workers,
-    sample_seed,
-    tensor_steps,
 )
-from dkl_train.randaugment import USBRandAugment
-from dkl_train.training import Run, evaluate
+from dkl_train.iterations import Split, iteration_loader, split_indices
+from dkl_train.randaugment import strong_transform, weak_transform
+from dkl_train.results import selected_by_validation
+from dkl_train.training import Run, evaluate, iteration_learning_rate
 
 METHODS = ("fixmatch", "meanteacher")
 # The consistency loss each method was published with, and the IKL replacement.
@@ -92,7 +77,7 @@ class PretrainedError(RuntimeError):
 
 
 @dataclass
-class SSLConfig(BaseConfig):
+class SSLConfig(IterationConfig):
     """One semi-supervised run, in iterations. Batch sizes are global; Run's ``epochs`` are derived (periods)."""
 
     recipe: ClassVar[str] = "ssl"
@@ -106,13 +91,7 @@ class SSLConfig(BaseConfig):
     labels_per_class: int = 2  # labeled training images per class
     val_per_class: int = 0  # held-out labeled validation images per class (0 = none, USB's protocol)
     uratio: int = 1  # unlabeled batch = uratio * batch_size
-    # --- schedule (iterations, as USB) ---
-    iterations: int = 204_800  # optimiser steps of the whole run
-    eval_every_iters: int = 2_048  # iterations per period (evaluation and checkpoint)
-    warmup_iters: int = 5_120  # linear learning-rate warm-up, in iterations
-    lr_cycles: float = 7 / 16  # USB's cosine: lr * max(0, cos(pi * lr_cycles * progress))
     layer_decay: float | None = 0.5  # timm's layer-wise lr decay (null: one lr for every layer)
-    stop_after_iters: int = 0  # stop (after a checkpoint) here without finishing: tests of resume
     # --- SSL losses ---
     unsup_weight: float = 1.0  # USB's ulb_loss_ratio
     # Linear ramp of unsup_weight over this fraction of the iterations: USB's MeanTeacher option (its
@@ -127,7 +106,7 @@ class SSLConfig(BaseConfig):
     # --- IKL consistency (dkl-core's names; released code: alpha = ce_weight, beta = mse_weight) ---
     mse_weight: float = 1.0  # ikl: wMSE weight (released code: beta)
     ce_weight: float = 1.0  # ikl: soft cross-entropy weight (released code: alpha)
-    ikl_temperature: float = 1.0  # T of the sCE term
+    temperature: float = 1.0  # ikl: T of the sCE term
     weight_temperature: float = 1.0  # T2 of the weights softmax(t / T2)
     detach_weights: bool = False  # false: as the released code ran (paper numbers); true: the paper's formula
     # --- strong augmentation: USB's RandAugment (each op's magnitude drawn over its whole range) + Cutout ---
@@ -142,31 +121,16 @@ class SSLConfig(BaseConfig):
     lr: float = 5e-4
     weight_decay: float = 5e-4
     log_every: int = 256
-    checkpoint_every: int = 1  # evaluation periods between checkpoints (the last one is always saved)
-
-    # Run's schedule, derived: its "epochs" are this recipe's evaluation periods of eval_every_iters iterations.
-    @property
-    def epochs(self) -> int:
-        return math.ceil(self.iterations / self.eval_every_iters)
-
-    @property
-    def eval_every(self) -> int:
-        return 1
-
-    @property
-    def stop_after_epochs(self) -> int:
-        return self.stop_after_iters // self.eval_every_iters
 
     def validate(self) -> None:
+        super().validate()
         allowed = (ORIGINAL_CONSISTENCY[self.method], "ikl")
         if self.consistency not in allowed:
             raise ConfigError(
                 f"method={self.method} takes consistency={' or '.join(allowed)}, not {self.consistency!r} "
                 f"({ORIGINAL_CONSISTENCY[self.method]} is its published loss)"
             )
-        if self.gradient_accumulation_steps != 1:
-            raise ConfigError("the SSL recipe takes one optimiser step per iteration: gradient_accumulation_steps=1")
-        for name in ("iterations", "eval_every_iters", "labels_per_class", "uratio", "batch_size"):
+        for name in ("labels_per_class", "uratio"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -177,70 +141,10 @@ class SSLConfig(BaseConfig):
             raise ConfigError(f"cutout is a fraction of the image width in [0, 1] (USB: 0.5), got {self.cutout}")
         if self.randaugment_ops < 0:
             raise ConfigError(f"randaugment_ops must be >= 0 (USB: 3), got {self.randaugment_ops}")
-        if self.stop_after_iters and self.stop_after_iters % self.eval_every_iters:
-            raise ConfigError(
-                f"stop_after_iters={self.stop_after_iters} must be a multiple of eval_every_iters="
-                f"{self.eval_every_iters} (checkpoints are written at the end of each period)"
-            )
 
 
 # ----------------------------------------------------------------------------------------------
 # Data: the labeled/validation/unlabeled split, the views, an iteration-indexed sampler
-
-
-@dataclass(frozen=True)
-class Split:
-    """Indices into the training split: labeled, held-out validation, unlabeled (USB keeps the labeled ones)."""
-
-    labeled: list[int]
-    validation: list[int]
-    unlabeled: list[int]
-
-
-def split_indices(labels: list[int], labels_per_class: int, val_per_class: int = 0, seed: int = 0) -> Split:
-    """The seeded, class-balanced labeled draw, an optional validation draw from the rest, and the unlabeled set.
-
-    Validation images are removed from the unlabeled set, so model selection never looks at an image
-    the model trained on; the labeled images stay in it (USB's ``include_lb_to_ulb``).
-    """
-    labeled = labeled_subset_indices(labels, labels_per_class, seed=seed)
-    validation: list[int] = []
-    if val_per_class:
-        taken = set(labeled)
-        rest = [i for i in range(len(labels)) if i not in taken]
-        picked = labeled_subset_indices([labels[i] for i in rest], val_per_class, seed=seed + 1)
-        validation = [rest[i] for i in picked]
-    held_out = set(validation)
-    unlabeled = [i for i in range(len(labels)) if i not in held_out]
-    return Split(labeled, validation, unlabeled)
-
-
-def weak_transform(spec: DatasetSpec, *, output: ImageOutput = "float") -> v2.Compose:
-    """USB's weak view: RandomCrop with reflect padding of 1/8 of the side (4 px at 32), horizontal flip.
-
-    ``output="uint8"`` (training) leaves scaling and normalisation to the device (``DeviceNormalize``).
-    """
-    size = spec.image_size
-    return v2.Compose(
-        [
-            v2.RandomCrop(size, padding=size // 8, padding_mode="reflect"),
-            v2.RandomHorizontalFlip(),
-            *tensor_steps(spec, output=output),
-        ]
-    )
-
-
-def strong_transform(spec: DatasetSpec, config: SSLConfig, *, output: ImageOutput = "float") -> v2.Compose:
-    """USB's strong view: the weak view's crop and flip, then USB's RandAugment and Cutout on the PIL image."""
-    size = spec.image_size
-    return v2.Compose(
-        [
-            v2.RandomCrop(size, padding=size // 8, padding_mode="reflect"),
-            v2.RandomHorizontalFlip(),
-            USBRandAugment(num_ops=config.randaugment_ops, cutout=config.cutout),
-            *tensor_steps(spec, output=output),
-        ]
-    )
 
 
 class TwoViews:
@@ -255,43 +159,6 @@ class TwoViews:
 
     def __call__(self, image: Any) -> dict[str, torch.Tensor]:
         return {"weak": self.weak(image), "strong": self.strong(image)}
-
-
-class IterationSampler(Sampler):
-    """This process's share of the keys of iterations ``[start, stop)`` of an endless shuffled stream.
-
-    Position ``p`` of the stream (``global_batch`` positions per iteration) is sample
-    ``perm_e[p % n]`` of pass ``e = p // n``, ``perm_e`` a permutation seeded by ``(seed, e)``; the key
-    ``(e, index)`` seeds that sample's augmentation. Process ``r`` of ``R`` takes the ``r``-th slice of
-    each iteration's global batch, so the union over processes is the one-process batch, for any ``R``
-    and from any ``start`` (resume).
-    """
-
-    def __init__(
-        self, length: int, global_batch: int, *, seed: int, start: int, stop: int, rank: int = 0, num_processes: int = 1
-    ) -> None:
-        if global_batch % num_processes:
-            raise ValueError(f"global batch {global_batch} is not divisible by {num_processes} processes")
-        self.length, self.global_batch, self.seed = length, global_batch, seed
-        self.start, self.stop, self.rank = start, stop, rank
-        self.local_batch = global_batch // num_processes
-        self._pass, self._order = -1, None
-
-    def __len__(self) -> int:
-        return max(self.stop - self.start, 0) * self.local_batch
-
-    def _key(self, position: int) -> tuple[int, int]:
-        epoch, offset = divmod(position, self.length)
-        if epoch != self._pass:
-            generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, 0))
-            self._pass, self._order = epoch, torch.randperm(self.length, generator=generator).tolist()
-        return epoch, self._order[offset]
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        for iteration in range(self.start, self.stop):
-            first = iteration * self.global_batch + self.rank * self.local_batch
-            for position in range(first, first + self.local_batch):
-                yield self._key(position)
 
 
 @dataclass
@@ -316,7 +183,11 @@ def build_data(config: SSLConfig) -> SSLData:
     evaluation = build_transform(spec, train=False, output="uint8")
     if config.augment:
         weak = weak_transform(spec, output="uint8")
-        second = weak if config.method == "meanteacher" else strong_transform(spec, config, output="uint8")
+        second = (
+            weak
+            if config.method == "meanteacher"
+            else strong_transform(spec, num_ops=config.randaugment_ops, cutout=config.cutout, output="uint8")
+        )
     else:  # exactness tests: no randomness in the data at all
         weak = second = evaluation
     normalise = DeviceNormalize.for_spec(spec)
@@ -337,33 +208,6 @@ def build_data(config: SSLConfig) -> SSLData:
         split=split,
         spec=spec,
     )
-
-
-def iteration_loader(
-    dataset: TransformedDataset, global_batch: int, run: Run, *, seed: int, start: int, stop: int
-) -> DeviceLoader:
-    """A loader that yields this process's part of the batches of iterations ``[start, stop)``, in order,
-    copied to the device without blocking and normalised there."""
-    accelerator = run.accelerator
-    sampler = IterationSampler(
-        len(dataset), global_batch, seed=seed, start=start, stop=stop,
-        rank=accelerator.process_index, num_processes=accelerator.num_processes,
-    )  # fmt: skip
-    workers = resolve_num_workers(run.config.num_workers)
-    loader = DataLoader(
-        dataset,
-        batch_size=sampler.local_batch,
-        sampler=sampler,
-        # A private generator: creating the iterator must not draw from the global RNG, whose state a
-        # checkpoint restores (the model's stochastic depth reads it), or a resumed run would drift.
-        generator=torch.Generator().manual_seed(seed),
-        num_workers=workers,
-        persistent_workers=False,
-        pin_memory=torch.cuda.is_available(),
-        prefetch_factor=4 if workers else None,
-        worker_init_fn=ignore_stop_signals,  # pre-emption signals are the training process's to handle
-    )
-    return run.device_loader(loader, dataset, copy=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,14 +261,6 @@ def build_optimizer(config: SSLConfig, model: nn.Module) -> torch.optim.Optimize
     )
 
 
-def learning_rate(config: SSLConfig, iteration: int) -> float:
-    """USB's schedule at (0-based) ``iteration``: linear warm-up from 0, then ``max(0, cos(pi * cycles * progress))``."""
-    if iteration < config.warmup_iters:
-        return config.lr * iteration / max(1, config.warmup_iters)
-    progress = (iteration - config.warmup_iters) / max(1, config.iterations - config.warmup_iters)
-    return config.lr * max(0.0, math.cos(math.pi * config.lr_cycles * progress))
-
-
 # ----------------------------------------------------------------------------------------------
 # Losses
 
@@ -456,7 +292,7 @@ def consistency_loss(
             t,
             mse_weight=config.mse_weight,
             ce_weight=config.ce_weight,
-            temperature=config.ikl_temperature,
+            temperature=config.temperature,
             weight_temperature=config.weight_temperature,
             detach_weights=config.detach_weights,
             reduction="none",
@@ -514,16 +350,6 @@ def evaluate_both(model: nn.Module, ema: nn.Module, loader: Any, run: Run) -> di
     return metrics
 
 
-def selected_by_validation(history: list[dict[str, Any]], key: str = "val_ema_top1") -> dict[str, Any] | None:
-    """The test metrics of the evaluation with the best validation ``key`` (first one on ties)."""
-    scored = [h for h in history if key in h]
-    if not scored:
-        return None
-    best = max(scored, key=lambda h: h[key])  # max keeps the first of equal values
-    picked = {k: v for k, v in best.items() if k.startswith("test_")}
-    return {"selected_on": key, key: best[key], "iteration": best["global_step"], **picked}
-
-
 def train(config: SSLConfig) -> dict[str, Any]:
     """Run the whole recipe; returns the ``results.json`` payload (``{}`` when stopped by ``stop_after_iters``)."""
     run = Run(config)
@@ -555,9 +381,25 @@ def train(config: SSLConfig) -> dict[str, Any]:
     if teacher is not None:
         teacher.train()  # USB's teacher forward runs in train mode (stochastic depth on), without gradients
 
-    for period in run.epochs():
+    def compute_loss(pair: tuple[dict[str, Any], dict[str, Any]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        labeled, unlabeled = pair  # on the device, normalised (iteration_loader)
+        with accelerator.autocast():
+            return ssl_loss(config, model, teacher, labeled, unlabeled, run.state.global_step)
+
+    unwrapped = accelerator.unwrap_model(model)
+    for (
+        period
+    ) in run.epochs():  # periods of eval_every_iters iterations: USB's lr per iteration, an EMA update per step
         begin, end = period * config.eval_every_iters, min((period + 1) * config.eval_every_iters, config.iterations)
-        metrics = _train_period(config, run, model, ema, teacher, optimizer, streams, begin, end)
+        # The streams stand at the run's global step, so the next end - begin - done pairs finish the period.
+        metrics = run.train_steps(
+            model, optimizer, lambda done, n=end - begin: itertools.islice(streams, n - done), compute_loss, period,
+            total=end - begin,
+            lr_at_step=lambda iteration: iteration_learning_rate(config, iteration),
+            after_step=lambda: ema.update_parameters(unwrapped),
+            images_in=lambda pair: pair[0]["label"].shape[0] + pair[1]["label"].shape[0],
+        )  # fmt: skip
+        metrics["iterations_per_s"] = metrics["images_per_s"] / (config.batch_size * (1 + config.uratio))
         evaluated = evaluate_both(model, ema.module, test_loader, run)
         if val_loader is not None:
             metrics |= {f"val_{k}": v for k, v in evaluate_both(model, ema.module, val_loader, run).items()}
@@ -586,43 +428,6 @@ def train(config: SSLConfig) -> dict[str, Any]:
         "selected": selected_by_validation(state.history),
     }
     return run.finish(extra=extra)
-
-
-def _train_period(
-    config: SSLConfig,
-    run: Run,
-    model: nn.Module,
-    ema: nn.Module,
-    teacher: nn.Module | None,
-    optimizer: torch.optim.Optimizer,
-    streams: Iterator[tuple[dict[str, Any], dict[str, Any]]],
-    begin: int,
-    end: int,
-) -> dict[str, Any]:
-    """Iterations ``[begin, end)`` through Run's loop, with USB's lr per iteration and an EMA update per step."""
-    accelerator = run.accelerator
-    unwrapped = accelerator.unwrap_model(model)
-
-    def batches(done: int) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-        # The streams are positioned at the run's global step (``iteration_loader(start=...)``), so the next
-        # ``end - begin - done`` pairs are this period's remaining iterations, resumed or not.
-        return itertools.islice(streams, end - begin - done)
-
-    def compute_loss(pair: tuple[dict[str, Any], dict[str, Any]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        labeled, unlabeled = pair  # on the device, normalised (iteration_loader)
-        with accelerator.autocast():
-            return ssl_loss(config, model, teacher, labeled, unlabeled, run.state.global_step)
-
-    metrics = run.train_steps(
-        model, optimizer, batches, compute_loss, begin // config.eval_every_iters,
-        total=end - begin,
-        lr_at_step=lambda iteration: learning_rate(config, iteration),
-        after_step=lambda: ema.update_parameters(unwrapped),
-        images_in=lambda pair: pair[0]["label"].shape[0] + pair[1]["label"].shape[0],
-    )  # fmt: skip
-    images_per_iteration = config.batch_size * (1 + config.uratio)  # labeled + unlabeled, over all processes
-    metrics["iterations_per_s"] = metrics["images_per_s"] / images_per_iteration
-    return metrics
 
 
 def main(argv: list[str] | None = None) -> None:

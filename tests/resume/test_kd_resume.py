@@ -20,20 +20,26 @@ def prior_of(run_dir):
     return torch.load(run_dir / "checkpoints" / "epoch_0002" / "custom_checkpoint_1.pkl", weights_only=False)
 
 
-@pytest.mark.recipe
-def test_resumed_run_equals_uninterrupted(digits_dir, digits_teacher, launch, tmp_path):  # noqa: F811
-    common = [*ARGS, f"data_dir={digits_dir}", f"teacher_checkpoint={digits_teacher}"]
+def straight_and_resumed(launch, args, tmp_path, keys):  # noqa: F811  (the fixture, passed on)
+    """One run straight through, one stopped after epoch 1 and resumed; checks their histories agree on ``keys``."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    launch("recipes/kd/train.py", *common, f"output_dir={straight}")
-    launch("recipes/kd/train.py", *common, f"output_dir={resumed}", "stop_after_epochs=1")
+    launch("recipes/kd/train.py", *args, f"output_dir={straight}")
+    launch("recipes/kd/train.py", *args, f"output_dir={resumed}", "stop_after_epochs=1")
     assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["epoch_0001"]
-    out = launch("recipes/kd/train.py", *common, f"output_dir={resumed}", "resume=true").stdout
+    out = launch("recipes/kd/train.py", *args, f"output_dir={resumed}", "resume=true").stdout
     assert "resumed from" in out and "epoch 1, step 3" in out
 
     a, b = (json.loads((d / "results.json").read_text()) for d in (straight, resumed))
-    keys = ["train_loss", "ikl", "ce", "step_losses", "test_top1", "test_top5", "test_loss", "lr"]
     assert [[h[k] for k in keys] for h in a["history"]] == [[h[k] for k in keys] for h in b["history"]]
     assert a["final"] == b["final"] and a["global_steps"] == b["global_steps"] == 6
+    return straight, resumed
+
+
+@pytest.mark.recipe
+def test_resumed_run_equals_uninterrupted(digits_dir, digits_teacher, launch, tmp_path):  # noqa: F811
+    common = [*ARGS, f"data_dir={digits_dir}", f"teacher_checkpoint={digits_teacher}"]
+    keys = ["train_loss", "ikl", "ce", "step_losses", "test_top1", "test_top5", "test_loss", "lr"]
+    straight, resumed = straight_and_resumed(launch, common, tmp_path, keys)
     prior_a, prior_b = prior_of(straight), prior_of(resumed)
     assert torch.equal(prior_a["prior"], prior_b["prior"]) and not torch.allclose(
         prior_a["prior"], torch.full_like(prior_a["prior"], 0.1)
@@ -53,16 +59,8 @@ def test_resumed_reviewkd_run_equals_uninterrupted(digits_dir, digits_teacher, l
     from safetensors.torch import load_file
 
     common = [*REVIEWKD_ARGS, f"data_dir={digits_dir}", f"teacher_checkpoint={digits_teacher}"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    launch("recipes/kd/train.py", *common, f"output_dir={straight}")
-    launch("recipes/kd/train.py", *common, f"output_dir={resumed}", "stop_after_epochs=1")
-    out = launch("recipes/kd/train.py", *common, f"output_dir={resumed}", "resume=true").stdout
-    assert "resumed from" in out and "epoch 1, step 3" in out
-
-    a, b = (json.loads((d / "results.json").read_text()) for d in (straight, resumed))
     keys = ["train_loss", "reviewkd", "ce", "step_losses", "test_top1", "test_loss", "lr"]
-    assert [[h[k] for k in keys] for h in a["history"]] == [[h[k] for k in keys] for h in b["history"]]
-    assert a["final"] == b["final"] and a["global_steps"] == b["global_steps"] == 6
+    straight, resumed = straight_and_resumed(launch, common, tmp_path, keys)
     state_a, state_b = (load_file(d / "checkpoints" / "epoch_0002" / "model.safetensors") for d in (straight, resumed))
     assert any(k.startswith("abfs.") for k in state_a)
     assert state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)

@@ -257,3 +257,14 @@ def test_recipe_print_config_touches_no_data(tmp_path):
     printed = yaml.safe_load(result.stdout)
     assert (printed["epochs"], printed["data_dir"], printed["method"]) == (3, str(missing), "ikl")
     assert not missing.exists()
+
+
+def test_an_old_name_of_a_renamed_setting_says_the_new_one():
+    # One name per concept across recipes: the class prior's temperature is weight_temperature everywhere.
+    with pytest.raises(ConfigError, match=r"'prior_temperature' .* is now called 'weight_temperature'"):
+        load_config(WithPriorTemperature, None, ["prior_temperature=2.0"])
+
+
+@dataclasses.dataclass
+class WithPriorTemperature(EpochConfig):
+    weight_temperature: float = 4.0  # T of the class prior's softmax

@@ -11,27 +11,24 @@ import numpy as np
 import pytest
 import torch
 from dkl_recipe_ssl.train import (
-    IterationSampler,
     PretrainedError,
     SSLConfig,
     TwoViews,
     build_model,
     confidence_mask,
     consistency_loss,
-    learning_rate,
-    selected_by_validation,
-    split_indices,
     ssl_loss,
-    strong_transform,
     unsup_ramp,
-    weak_transform,
 )
 from PIL import Image
 
 from dkl_core import ikl_loss
 from dkl_train.config import ConfigError, build_config, load_config
 from dkl_train.data import TransformedDataset, get_spec
-from dkl_train.randaugment import CUTOUT_FILL
+from dkl_train.iterations import IterationSampler, split_indices
+from dkl_train.randaugment import CUTOUT_FILL, strong_transform, weak_transform
+from dkl_train.results import selected_by_validation
+from dkl_train.training import iteration_learning_rate
 from tests.unit.test_models_published import random_state_dict, usb_vit_small_patch2_32
 
 CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "ssl" / "configs"
@@ -82,7 +79,11 @@ def test_weak_and_strong_views_differ_and_are_reproducible_per_sample():
     spec = get_spec("cifar100")
     config = SSLConfig()
     rows = [{"image": _image(i), "label": i % 3} for i in range(4)]
-    dataset = TransformedDataset(rows, TwoViews(weak_transform(spec), strong_transform(spec, config)), seed=5)
+    dataset = TransformedDataset(
+        rows,
+        TwoViews(weak_transform(spec), strong_transform(spec, num_ops=config.randaugment_ops, cutout=config.cutout)),
+        seed=5,
+    )
     sample = dataset[(2, 1)]
     assert set(sample) == {"weak", "strong", "label", "index"}
     assert sample["weak"].shape == sample["strong"].shape == (3, 32, 32)
@@ -94,7 +95,7 @@ def test_weak_and_strong_views_differ_and_are_reproducible_per_sample():
 
 def test_strong_view_always_carries_usbs_grey_cutout_square():
     spec = get_spec("cifar100")
-    strong = strong_transform(spec, SSLConfig())
+    strong = strong_transform(spec)
     black = Image.new("RGB", (32, 32))
     # On a black image no RandAugment op makes USB's grey: those pixels are the Cutout square.
     grey = (torch.tensor(CUTOUT_FILL) / 255 - torch.tensor(spec.mean)) / torch.tensor(spec.std)
@@ -102,7 +103,7 @@ def test_strong_view_always_carries_usbs_grey_cutout_square():
     for epoch in range(12):
         view = dataset[(epoch, 0)]["image"]
         assert torch.isclose(view, grey.view(3, 1, 1), atol=1e-5).all(dim=0).any(), f"no Cutout in draw {epoch}"
-    no_cutout = TransformedDataset([{"image": black, "label": 0}], strong_transform(spec, SSLConfig(cutout=0.0)))
+    no_cutout = TransformedDataset([{"image": black, "label": 0}], strong_transform(spec, cutout=0.0))
     assert not torch.isclose(no_cutout[0]["image"], grey.view(3, 1, 1), atol=1e-5).all(dim=0).any()
 
 
@@ -149,10 +150,10 @@ def test_sampler_refuses_a_batch_that_does_not_split():
 
 def test_schedule_is_usb_warmup_then_seven_sixteenths_cosine():
     config = build_config(SSLConfig, {"iterations": 1000, "warmup_iters": 100, "lr": 1.0, "eval_every_iters": 100})
-    assert learning_rate(config, 0) == 0.0
-    assert learning_rate(config, 50) == pytest.approx(0.5)
-    assert learning_rate(config, 100) == pytest.approx(1.0)
-    assert learning_rate(config, 1000) == pytest.approx(math.cos(math.pi * 7 / 16))
+    assert iteration_learning_rate(config, 0) == 0.0
+    assert iteration_learning_rate(config, 50) == pytest.approx(0.5)
+    assert iteration_learning_rate(config, 100) == pytest.approx(1.0)
+    assert iteration_learning_rate(config, 1000) == pytest.approx(math.cos(math.pi * 7 / 16))
     assert config.epochs == 10 and config.eval_every == 1
 
 

@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import inspect
 import io
+import math
 import os
 import sys
 import textwrap
@@ -133,6 +134,50 @@ class EpochConfig(BaseConfig):
     stop_after_epochs: int = 0  # end the run after N epochs as an interruption would (resume tests; 0 = off)
 
 
+@dataclasses.dataclass
+class IterationConfig(BaseConfig):
+    """A recipe that trains in iterations (SSL, as USB): warm-up then cosine per iteration, periods of evaluation.
+
+    :class:`~dkl_train.training.Run` counts in periods of ``eval_every_iters`` iterations (its "epochs"):
+    evaluation and checkpoints at the end of each one. :func:`~dkl_train.training.iteration_learning_rate`
+    is the schedule.
+    """
+
+    iterations: int = 204_800  # optimiser steps of the whole run
+    eval_every_iters: int = 2_048  # iterations per period (evaluation and checkpoint)
+    warmup_iters: int = 5_120  # linear learning-rate warm-up, in iterations
+    lr_cycles: float = 7 / 16  # USB's cosine: lr * max(0, cos(pi * lr_cycles * progress))
+    checkpoint_every: int = 1  # evaluation periods between checkpoints (the last one is always saved)
+    stop_after_iters: int = 0  # stop (after a checkpoint) here without finishing: tests of resume (0 = off)
+
+    # Run's schedule, derived: its "epochs" are the evaluation periods.
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.iterations / self.eval_every_iters)
+
+    @property
+    def eval_every(self) -> int:
+        return 1
+
+    @property
+    def stop_after_epochs(self) -> int:
+        return self.stop_after_iters // self.eval_every_iters
+
+    def validate(self) -> None:
+        if self.gradient_accumulation_steps != 1:
+            raise ConfigError(
+                "an iteration-based recipe takes one optimiser step per iteration: gradient_accumulation_steps=1"
+            )
+        for name in ("iterations", "eval_every_iters", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.stop_after_iters and self.stop_after_iters % self.eval_every_iters:
+            raise ConfigError(
+                f"stop_after_iters={self.stop_after_iters} must be a multiple of eval_every_iters="
+                f"{self.eval_every_iters} (checkpoints are written at the end of each period)"
+            )
+
+
 def _known_trackers() -> list[str]:
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
@@ -242,7 +287,21 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported field type {_type_text(tp)} in the schema")
 
 
+# Settings that once had another name in some recipe: one name per concept across recipes now. The old
+# name fails with the new one (a silent alias would keep two spellings of one setting alive).
+RENAMED = {
+    "prior_temperature": "weight_temperature",  # adv: T of the class prior's softmax, as kd and ssl name it
+    "ikl_temperature": "temperature",  # ssl: T of the IKL soft cross-entropy, as kd names it
+}
+
+
 def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
+    if RENAMED.get(key) in valid:
+        location = f" in {where}" if where else ""
+        return ConfigError(
+            f"config key {key!r}{location} is now called {RENAMED[key]!r} (the same setting, one name in every "
+            f"recipe). Did you mean {RENAMED[key]!r}? Rename it in the config or override: {RENAMED[key]}=..."
+        )
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     location = f" in {where}" if where else ""

@@ -1,4 +1,5 @@
-"""The strong augmentation of FixMatch as USB runs it: RandAugment with a random magnitude per op, then Cutout.
+"""The strong augmentation of FixMatch as USB runs it: RandAugment with a random magnitude per op, then Cutout;
+USB's weak and strong views (:func:`weak_transform`, :func:`strong_transform`).
 
 USB's ``RandAugment(3, 5)`` (``semilearn/datasets/augmentation/randaugment.py``, used unchanged by the
 DKL authors' semi-supervised code) is not torchvision's ``RandAugment``:
@@ -31,8 +32,10 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
+from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
+
+from .data import DatasetSpec, ImageOutput, tensor_steps
 
 # (name, low, high): the magnitude of an application is U(low, high). Order and ranges as USB's list.
 OPS: tuple[tuple[str, float, float], ...] = (
@@ -187,3 +190,36 @@ class USBRandAugment:
                 f"{image.dtype} tensor: place it before ToDtype/ToTensor in the pipeline"
             )
         return self.apply(image, self.sample(*_size(image)))
+
+
+# USB's two views of an image (the SSL recipe): the weak one, and the strong one that adds the RandAugment above.
+
+
+def weak_transform(spec: DatasetSpec, *, output: ImageOutput = "float") -> v2.Compose:
+    """USB's weak view: RandomCrop with reflect padding of 1/8 of the side (4 px at 32), horizontal flip.
+
+    ``output="uint8"`` (training) leaves scaling and normalisation to the device (``DeviceNormalize``).
+    """
+    size = spec.image_size
+    return v2.Compose(
+        [
+            v2.RandomCrop(size, padding=size // 8, padding_mode="reflect"),
+            v2.RandomHorizontalFlip(),
+            *tensor_steps(spec, output=output),
+        ]
+    )
+
+
+def strong_transform(
+    spec: DatasetSpec, *, num_ops: int = 3, cutout: float = 0.5, output: ImageOutput = "float"
+) -> v2.Compose:
+    """USB's strong view: the weak view's crop and flip, then USB's RandAugment and Cutout on the PIL image."""
+    size = spec.image_size
+    return v2.Compose(
+        [
+            v2.RandomCrop(size, padding=size // 8, padding_mode="reflect"),
+            v2.RandomHorizontalFlip(),
+            USBRandAugment(num_ops=num_ops, cutout=cutout),
+            *tensor_steps(spec, output=output),
+        ]
+    )

@@ -57,3 +57,13 @@ def write_json_atomic(payload: dict[str, Any], path: str | Path) -> Path:
 def read_results(run_dir: str | Path) -> dict[str, Any]:
     """The ``results.json`` of a run folder."""
     return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+def selected_by_validation(history: list[dict[str, Any]], key: str = "val_ema_top1") -> dict[str, Any] | None:
+    """The test metrics of the evaluation with the best validation ``key`` (first one on ties)."""
+    scored = [h for h in history if key in h]
+    if not scored:
+        return None
+    best = max(scored, key=lambda h: h[key])  # max keeps the first of equal values
+    picked = {k: v for k, v in best.items() if k.startswith("test_")}
+    return {"selected_on": key, key: best[key], "iteration": best["global_step"], **picked}

@@ -66,7 +66,15 @@ from .checkpoints import (
     move_aside,
     write_checkpoint,
 )
-from .config import BaseConfig, accelerator_precision, config_to_dict, flat_hparams, save_config
+from .config import (
+    BaseConfig,
+    EpochConfig,
+    IterationConfig,
+    accelerator_precision,
+    config_to_dict,
+    flat_hparams,
+    save_config,
+)
 from .data import DeviceLoader, TransformedDataset, make_loader, to_device
 from .launch import (
     accelerate_config_file,
@@ -164,7 +172,7 @@ def build_optimizer(config: BaseConfig, params: Iterable[Any]) -> torch.optim.Op
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def learning_rate(config: BaseConfig, epoch: int) -> float:
+def learning_rate(config: EpochConfig, epoch: int) -> float:
     """The learning rate of (0-based) ``epoch``: optional linear warm-up, then multistep / cosine / constant.
 
     ``multistep`` multiplies by ``lr_decay_rate`` once per milestone ``m <= epoch`` (mdistiller's
@@ -181,6 +189,14 @@ def learning_rate(config: BaseConfig, epoch: int) -> float:
         # scripts (already below lr in the first epoch, above 0 in the last); recipes opt in.
         return 0.5 * config.lr * (1.0 + math.cos(math.pi * (epoch + 1) / (config.epochs + 1)))
     return config.lr
+
+
+def iteration_learning_rate(config: IterationConfig, iteration: int) -> float:
+    """USB's schedule at (0-based) ``iteration``: linear warm-up from 0, then ``max(0, cos(pi * cycles * progress))``."""
+    if iteration < config.warmup_iters:
+        return config.lr * iteration / max(1, config.warmup_iters)
+    progress = (iteration - config.warmup_iters) / max(1, config.iterations - config.warmup_iters)
+    return config.lr * max(0.0, math.cos(math.pi * config.lr_cycles * progress))
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
