@@ -48,6 +48,7 @@ from typing import Any
 
 import yaml
 
+from dkl_train.atomic import write_text_atomic
 from tools.report import adv_clean, format_mean_std, headline_metric, paper_number
 
 # The checkout this tool belongs to: tools/ is never installed, so its parent is the repository root.
@@ -304,10 +305,7 @@ def write_table(task: str, table: str, jobs: list[Job], runs: Path) -> Path:
     """Write ``RUNS/<task>/TABLE_<table>.md`` (atomically: array tasks may write it at the same time)."""
     path = runs / task / f"TABLE_{table}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(render_table(task, table, jobs))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, render_table(task, table, jobs))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from dkl_train.data import (
     DatasetSpec,
     DeviceNormalize,
     TransformedDataset,
+    TwoViews,
     build_transform,
     load_splits,
 )
@@ -145,20 +146,6 @@ class SSLConfig(IterationConfig):
 
 # ----------------------------------------------------------------------------------------------
 # Data: the labeled/validation/unlabeled split, the views, an iteration-indexed sampler
-
-
-class TwoViews:
-    """The transform of the unlabeled set: ``{"weak": ..., "strong": ...}`` drawn one after the other.
-
-    MeanTeacher passes the weak transform twice (USB's MeanTeacher consistency compares two weak views).
-    """
-
-    def __init__(self, weak: Callable[[Any], torch.Tensor], strong: Callable[[Any], torch.Tensor]) -> None:
-        self.weak = weak
-        self.strong = strong
-
-    def __call__(self, image: Any) -> dict[str, torch.Tensor]:
-        return {"weak": self.weak(image), "strong": self.strong(image)}
 
 
 @dataclass

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from dkl_recipe_adv.train import (
     AdvConfig,
-    CheckpointAverage,
     adversarial_images,
     epoch_attack,
     resolved_attack_loss,
@@ -21,7 +20,7 @@ from torch import nn
 
 from dkl_core import ClassPrior, gkl_loss, ikl_loss, kl_loss
 from dkl_core.attacks import AttackSchedule, inner_maximization
-from dkl_train.averaging import exponential_checkpoint_average
+from dkl_train.averaging import CheckpointAverage, exponential_checkpoint_average
 from dkl_train.config import ConfigError, build_config
 
 EPS = 8 / 255
@@ -202,10 +201,10 @@ def test_autoaug_step_prior_from_basic_view_and_unweighted_awp_proxy():
 
 
 def test_autoaugment_view_crops_and_flips_first_then_fills_grey():
-    from dkl_recipe_adv.train import AUTOAUG_FILL, TwoViews, train_transform
+    from dkl_recipe_adv.train import AUTOAUG_FILL, train_transform
     from torchvision.transforms import v2
 
-    from dkl_train.data import get_spec
+    from dkl_train.data import TwoViews, get_spec
 
     views = train_transform(AdvConfig(dataset="cifar100", augmentation="autoaug"), get_spec("cifar100"))
     assert isinstance(views, TwoViews)
@@ -289,7 +288,7 @@ def test_every_config_loads_and_states_its_target():
         assert hasattr(config, "paper_autoattack"), path.name
     default = _config("cifar10_wrn34_ikl")
     assert (default.paper_clean, default.paper_autoattack) == (85.31, 57.13)
-    assert (default.ce_weight, default.mse_weight, default.prior_temperature) == (3.0, 20.0, 4.0)
+    assert (default.ce_weight, default.mse_weight, default.weight_temperature) == (3.0, 20.0, 4.0)
 
 
 # (config, method, ce/mse/T, gamma, augmentation weight or None) as the released launch scripts ran them
@@ -309,7 +308,7 @@ RELEASED_ROWS = [
 def test_released_rows_run_as_released(name, method, weights, gamma, aug_weight):
     config = _config(name)
     assert config.method == method
-    assert (config.ce_weight, config.mse_weight, config.prior_temperature) == weights
+    assert (config.ce_weight, config.mse_weight, config.weight_temperature) == weights
     if gamma is not None:
         assert config.gamma == gamma
     assert config.augmentation == ("basic" if aug_weight is None else "autoaug")

@@ -13,7 +13,6 @@ import torch
 from dkl_recipe_ssl.train import (
     PretrainedError,
     SSLConfig,
-    TwoViews,
     build_model,
     confidence_mask,
     consistency_loss,
@@ -24,7 +23,7 @@ from PIL import Image
 
 from dkl_core import ikl_loss
 from dkl_train.config import ConfigError, build_config, load_config
-from dkl_train.data import TransformedDataset, get_spec
+from dkl_train.data import TransformedDataset, TwoViews, get_spec
 from dkl_train.iterations import IterationSampler, split_indices
 from dkl_train.randaugment import CUTOUT_FILL, strong_transform, weak_transform
 from dkl_train.results import selected_by_validation

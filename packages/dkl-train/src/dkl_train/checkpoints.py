@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from .atomic import fsync_dir, fsync_tree
+
 CHECKPOINT_PREFIX = "epoch_"
 TMP_PREFIX = ".tmp_"
 DAMAGED_PREFIX = "damaged_"
@@ -82,13 +84,13 @@ def write_checkpoint(
         files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
         manifest = {**counters, "mid_epoch": mid_epoch, "num_processes": accelerator.num_processes, "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         if final.exists():  # re-saved position: move the old copy aside first, so a kill never leaves half of it
             old = checkpoint_dir / f"{TMP_PREFIX}old_{name}"
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
         os.replace(tmp, final)
-        _fsync_dir(checkpoint_dir)
+        fsync_dir(checkpoint_dir)
         prune_checkpoints(checkpoint_dir, keep)
     accelerator.wait_for_everyone()
     return final
@@ -102,7 +104,7 @@ def prune_checkpoints(checkpoint_dir: Path, keep: int) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def load_checkpoint(accelerator: Accelerator, path: Path) -> str | None:
+def restore_checkpoint(accelerator: Accelerator, path: Path) -> str | None:
     """Load ``path`` into ``accelerator`` (and this process's registered objects of a mid-epoch checkpoint).
 
     Returns ``None``, or what is wrong with the checkpoint (the damaged file when known). Raises
@@ -193,25 +195,3 @@ def short_error(err: BaseException) -> str:
     """``Type: first line of the message`` (at most 200 characters of it)."""
     lines = str(err).strip().splitlines()
     return f"{type(err).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot sync a directory; the rename is still atomic
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Flush every file of ``folder`` to disk before it is renamed into place (a power cut keeps it whole)."""
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-    _fsync_dir(folder)

@@ -35,6 +35,8 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 
+from .atomic import write_text_atomic
+
 C = TypeVar("C")
 
 
@@ -538,7 +540,5 @@ def save_config(config: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML (the exact settings of the run, reloadable with :func:`load_config`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-    tmp.replace(path)
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
     return path

@@ -31,7 +31,6 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,46 +39,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from torchvision.transforms import v2
 
+from .atomic import replace_folder
+from .config import ConfigError
+from .specs import DATASETS, DatasetSpec, get_spec, sample_seed
+
 SPLITS = ("train", "test")
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What a recipe needs to know about a dataset: classes, image size, normalisation, where it comes from."""
-
-    name: str
-    num_classes: int
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    hub_id: str | None = None  # Hugging Face Hub dataset id (CIFAR)
-    hub_columns: tuple[tuple[str, str], ...] = ()  # renames to (image, label)
-
-
-DATASETS: dict[str, DatasetSpec] = {
-    # mean/std of the upsampled digits over all 1,797 images (grey, so the same for each channel).
-    "digits": DatasetSpec("digits", 10, 32, (0.3055, 0.3055, 0.3055), (0.3235, 0.3235, 0.3235)),
-    "cifar10": DatasetSpec(
-        "cifar10", 10, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-        hub_id="uoft-cs/cifar10", hub_columns=(("img", "image"), ("label", "label")),
-    ),
-    # The normalisation mdistiller uses for CIFAR-100 (recipes.md section 1).
-    "cifar100": DatasetSpec(
-        "cifar100", 100, 32, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761),
-        hub_id="uoft-cs/cifar100", hub_columns=(("img", "image"), ("fine_label", "label")),
-    ),
-    "imagenet": DatasetSpec("imagenet", 1000, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}  # fmt: skip
 
 
 class DatasetNotPreparedError(FileNotFoundError):
     """The dataset has not been prepared under ``data_dir``; the message holds the command that prepares it."""
-
-
-def get_spec(name: str) -> DatasetSpec:
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    return DATASETS[name]
 
 
 def dataset_path(name: str, data_dir: str | Path = "data") -> Path:
@@ -110,10 +78,7 @@ def _save_atomically(dataset_dict: Any, out_dir: Path) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     dataset_dict.save_to_disk(str(tmp))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    return out_dir
+    return replace_folder(tmp, out_dir)
 
 
 def build_digits(seed: int = 0, test_fraction: float = 0.25) -> Any:
@@ -209,7 +174,7 @@ def prepare(name: str, data_dir: str | Path = "data", imagenet_dir: str | Path |
     else:
         if imagenet_dir is None:
             raise ValueError(f"ImageNet is prepared from a local folder: {prepare_command('imagenet', data_dir)}")
-        from dkl_train.imagenet import prepare_imagenet
+        from .imagenet import prepare_imagenet
 
         return prepare_imagenet(imagenet_dir, dataset_path(name, data_dir), num_classes=get_spec(name).num_classes)
     missing = [s for s in SPLITS if s not in built]
@@ -234,7 +199,7 @@ def load_prepared(name: str, data_dir: str | Path = "data") -> Any:
             f"dataset {name!r} is not prepared at {path}. Prepare it once with:\n    {prepare_command(name, data_dir)}"
         )
     if name == "imagenet":
-        from dkl_train.imagenet import load_index
+        from .imagenet import load_index
 
         return load_index(path, prepare_command(name, data_dir))
     return load_from_disk(str(path))
@@ -291,6 +256,29 @@ def build_transform(
         steps += [v2.Resize(int(spec.image_size * 256 / 224), antialias=True), v2.CenterCrop(spec.image_size)]
     steps += tensor_steps(spec, normalize=normalize, output=output)
     return v2.Compose(steps)
+
+
+class TwoViews:
+    """Two views of one image, ``{keys[0]: basic(image), keys[1]: augmented(image)}``, drawn one after the other.
+
+    Each view's random draws are independent; drawn in this order from the sample's seeded generator
+    (:class:`TransformedDataset`), so both are reproducible. The default keys are semi-supervised
+    learning's weak and strong views of an unlabeled image (MeanTeacher passes the weak transform twice:
+    USB's MeanTeacher consistency compares two weak views); adversarial training's basic and
+    AutoAugment views use ``keys=("image", "image_aug")``.
+    """
+
+    def __init__(
+        self,
+        basic: Callable[[Any], torch.Tensor],
+        augmented: Callable[[Any], torch.Tensor],
+        *,
+        keys: tuple[str, str] = ("weak", "strong"),
+    ) -> None:
+        self.basic, self.augmented, self.keys = basic, augmented, tuple(keys)
+
+    def __call__(self, image: Any) -> dict[str, torch.Tensor]:
+        return {self.keys[0]: self.basic(image), self.keys[1]: self.augmented(image)}
 
 
 class DeviceNormalize:
@@ -352,11 +340,6 @@ class DeviceNormalize:
         if isinstance(batch, dict):
             return {key: self(value) for key, value in batch.items()}
         return batch
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A distinct 63-bit seed for each (run seed, epoch, sample index)."""
-    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63 - 1)
 
 
 class TransformedDataset(Dataset):
@@ -625,23 +608,49 @@ def build_datasets(
     (ImageNet), the datasets of :mod:`dkl_train.gpu_decode`: the workers read file bytes and the
     ``batch_transform`` decodes, crops and normalises each batch on the device.
     """
-    if getattr(config, "data_backend", "pil") == "gpu":  # workers read bytes; the device decodes and crops
-        if train_transform is not None or test_transform is not None:
-            raise ValueError("data_backend=gpu has its own fixed transforms; custom transforms need data_backend=pil")
-        from dkl_train.gpu_decode import build_encoded_datasets
-
-        return build_encoded_datasets(config, normalize=normalize)
+    gpu = getattr(config, "data_backend", "pil") == "gpu"  # workers read bytes; the device decodes and crops
+    if gpu and (train_transform is not None or test_transform is not None):
+        raise ValueError("data_backend=gpu has its own fixed transforms; custom transforms need data_backend=pil")
     train, test, spec = load_splits(config)
+    device_normalize = DeviceNormalize.for_spec(spec, normalize)
+    if gpu:  # gpu_decode never imports this module: the dependency goes one way
+        from .gpu_decode import build_encoded_datasets
+
+        return (*build_encoded_datasets(config, spec, train, test, finish=device_normalize), spec)
     train_tf = train_transform or build_transform(
         spec, train=True, augment=config.augment, normalize=normalize, output="uint8"
     )
     test_tf = test_transform or build_transform(spec, train=False, normalize=normalize, output="uint8")
-    device_normalize = DeviceNormalize.for_spec(spec, normalize)
     return (
         TransformedDataset(train, train_tf, seed=config.seed, batch_transform=device_normalize),
         TransformedDataset(test, test_tf, batch_transform=device_normalize),
         spec,
     )
+
+
+def split_validation(train_set: TransformedDataset, size: int, seed: int = 0) -> tuple[TransformedDataset, Any]:
+    """Hold ``size`` training images out (a fixed draw, independent of the run's seed) for validation.
+
+    Returns the reduced training set and the held-out Hugging Face split (``size <= 0``: the whole
+    training set and ``None``). Validation on training images, never on the test set, is what lets a run
+    watch e.g. robust overfitting while it happens without touching the test set.
+    """
+    if size <= 0:
+        return train_set, None
+    if size >= len(train_set):
+        raise ConfigError(
+            f"holding out {size} validation images leaves no training images (the training set has {len(train_set)})"
+        )
+    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed)).tolist()
+    keep, held = sorted(order[size:]), sorted(order[:size])
+    return train_set.select(keep), train_set.data.select(held)
+
+
+def validation_tensors(held_out: Any, spec: DatasetSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out images as one ``[N, 3, H, W]`` tensor in [0, 1] (test-time transform) and their labels."""
+    dataset = TransformedDataset(held_out, build_transform(spec, train=False, normalize=False))
+    items = [dataset[i] for i in range(len(dataset))]
+    return torch.stack([item["image"] for item in items]), torch.tensor([item["label"] for item in items])
 
 
 def labeled_subset_indices(labels: Sequence[int], per_class: int, seed: int = 0) -> list[int]:

@@ -2,7 +2,7 @@
 
 With ``data_backend: gpu`` the DataLoader workers do almost nothing per sample: they read the file's
 bytes, read the image size from its header (no decode), and draw the sample's crop and flip from a
-generator seeded by :func:`~dkl_train.data.sample_seed` -- the same seed and the same sequence of
+generator seeded by :func:`~dkl_train.specs.sample_seed` -- the same seed and the same sequence of
 draws as torchvision's ``RandomResizedCrop(224)`` + ``RandomHorizontalFlip()`` in the ``pil`` backend,
 so a sample gets the same crop box and flip in both backends. On the training process,
 :class:`BatchDecoder` then
@@ -49,8 +49,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dkl_train.data import DatasetSpec, sample_seed
-from dkl_train.imagenet import PNG_SIGNATURE
+from .imagenet import PNG_SIGNATURE
+from .specs import DatasetSpec, sample_seed
 
 SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults, as in the pil backend
 RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -484,25 +484,23 @@ def is_file_backed(split: Any) -> bool:
 
 
 def build_encoded_datasets(
-    config: Any, *, normalize: bool = True
-) -> tuple[EncodedDataset, EncodedDataset, DatasetSpec]:
-    """Train and test :class:`EncodedDataset` of ``config.dataset`` (the gpu backend of ``build_datasets``).
+    config: Any, spec: DatasetSpec, train: Any, test: Any, *, finish: Callable[[Any], Any] | None = None
+) -> tuple[EncodedDataset, EncodedDataset]:
+    """Train and test :class:`EncodedDataset` of the loaded splits (the gpu backend of ``build_datasets``).
 
-    Reads the same fields as :func:`~dkl_train.data.build_datasets`; each dataset's ``batch_transform``
-    decodes on the device, then normalises like the pil backend (:class:`~dkl_train.data.DeviceNormalize`).
+    :func:`~dkl_train.data.build_datasets` loads the splits and calls this (this module never imports
+    :mod:`dkl_train.data`); reads ``dataset``, ``augment`` and ``seed`` of the config. Each dataset's
+    ``batch_transform`` decodes on the device, then applies ``finish`` (there: the pil backend's
+    :class:`~dkl_train.data.DeviceNormalize`).
     """
-    from dkl_train.data import DeviceNormalize, load_splits
-
-    train, test, spec = load_splits(config)
     for name, split in (("train", train), ("test", test)):
         if not is_file_backed(split):
             raise ValueError(
                 f"data_backend=gpu reads image files, but the {name} split of {config.dataset!r} is stored as "
                 "decoded arrays; use data_backend=pil, or ImageNet indexed in place"
             )
-    decoder = BatchDecoder(spec, DeviceNormalize.for_spec(spec, normalize))
+    decoder = BatchDecoder(spec, finish)
     return (
         EncodedDataset(train, spec, random=config.augment, seed=config.seed, batch_transform=decoder),
         EncodedDataset(test, spec, random=False, batch_transform=decoder),
-        spec,
     )

@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import replace_folder
+
 NUM_CLASSES = 1000
 VAL_IMAGES = 50_000
 INDEX_FILE = "index.json"
@@ -443,10 +445,7 @@ def write_index(index: ImageNetIndex, out_dir: str | Path) -> Path:
         "index_seconds": round(index.seconds, 2),
     }
     (tmp / INDEX_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    return out_dir
+    return replace_folder(tmp, out_dir)
 
 
 def prepare_imagenet(image_dir: str | Path, out_dir: str | Path, **options: Any) -> Path:

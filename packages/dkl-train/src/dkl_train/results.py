@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from .atomic import write_text_atomic
 
 
 def git_revision(cwd: str | Path | None = None) -> str:
@@ -41,17 +42,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_json_atomic(payload: dict[str, Any], path: str | Path) -> Path:
-    """Write JSON to a temporary file and rename it over ``path``: readers never see half a file."""
+    """Write JSON to ``path`` atomically (:func:`dkl_train.atomic.write_atomic`): readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(_jsonable(payload), handle, indent=2)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(_jsonable(payload), indent=2) + "\n")
 
 
 def read_results(run_dir: str | Path) -> dict[str, Any]:

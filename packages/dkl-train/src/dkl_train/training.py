@@ -57,13 +57,14 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, gath
 from torch import nn
 from tqdm.auto import tqdm
 
+from .atomic import write_atomic
 from .checkpoints import (
     CheckpointError,
     checkpoint_folders,
     checkpoint_name,
     damaged_path,
-    load_checkpoint,
     move_aside,
+    restore_checkpoint,
     write_checkpoint,
 )
 from .config import (
@@ -773,7 +774,7 @@ class Run:
     def _load_checkpoint(self, path: Path) -> str | None:
         """Load ``path`` into the run; ``None``, or what is wrong with it (the damaged file when known)."""
         self.state.partial = None  # a checkpoint without the field is an epoch boundary
-        return load_checkpoint(self.accelerator, path)
+        return restore_checkpoint(self.accelerator, path)
 
     # --- results ------------------------------------------------------------------------------
 
@@ -781,16 +782,15 @@ class Run:
         """Save the (unwrapped) weights as ``{"model": state_dict, **metadata}`` in the run folder.
 
         That is mdistiller's teacher format, so a model trained here (e.g. the digits teacher) loads
-        with ``dkl_train.models.load_checkpoint`` exactly like a published checkpoint. Written to a
-        temporary file and renamed.
+        with ``dkl_train.models.load_checkpoint`` exactly like a published checkpoint. Written
+        atomically (:func:`dkl_train.atomic.write_atomic`).
         """
         path = self.run_dir / name
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             state = {k: v.detach().cpu() for k, v in self.accelerator.unwrap_model(model).state_dict().items()}
-            tmp = path.with_name(f".{name}.tmp")
-            torch.save({"model": state, "epoch": self.state.epoch, **metadata}, tmp)
-            os.replace(tmp, path)
+            payload = {"model": state, "epoch": self.state.epoch, **metadata}
+            write_atomic(path, lambda tmp: torch.save(payload, tmp))
         self.accelerator.wait_for_everyone()
         return path
 
