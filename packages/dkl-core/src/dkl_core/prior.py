@@ -22,6 +22,9 @@ class ClassPrior:
 
     IKL/GKL use ``weights(targets) = prior[targets]`` as the per-sample class weights.
 
+    Temperature: ``temperature`` (``T``) divides the logits of the accumulated softmax; there is no loss,
+    so no ``T^2`` factor (4 in the released adversarial-training runs).
+
     Two things the released code got wrong are handled here: the sums are all-reduced so that N
     processes give the prior one process would give over the same data, and the prior and the
     running sums are part of :meth:`state_dict`, so a resumed run continues with the right prior.
@@ -82,8 +85,27 @@ class ClassPrior:
         return self.prior
 
     def weights(self, targets: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``prior[targets]``: the ``[B, C]`` class weights of a batch for IKL/GKL."""
+        """``prior[targets]``: the ``[B, C]`` class weights of a batch for IKL/GKL.
+
+        Labels must lie in ``[0, num_classes)``; outside that range a ``ValueError`` names the range. The range
+        is checked where reading the labels back is free (CPU labels); on an accelerator the indexing asserts.
+        """
+        if not isinstance(targets, torch.Tensor):
+            raise ValueError(f"targets must be a tensor of class indices, got {type(targets).__name__}")
+        if targets.numel() and targets.device.type == "cpu":
+            low, high = torch.aminmax(targets.long())
+            if int(low) < 0 or int(high) >= self.num_classes:
+                raise ValueError(
+                    f"labels must lie in [0, {self.num_classes}) for a prior over {self.num_classes} classes, "
+                    f"got values in [{int(low)}, {int(high)}]"
+                )
         return self.prior.to(device=targets.device, dtype=dtype)[targets.long()]
+
+    def __repr__(self) -> str:
+        return (
+            f"ClassPrior(num_classes={self.num_classes}, temperature={self.temperature!r}, "
+            f"device={str(self.prior.device)!r})"
+        )
 
     def to(self, device: torch.device | str) -> ClassPrior:
         self.prior = self.prior.to(device)

@@ -125,11 +125,27 @@ def _load_progress(path: Path, settings: dict) -> dict[int, dict]:
 
 
 def _save_progress(path: Path, settings: dict, records: dict[int, dict]) -> None:
-    """``torch.save`` to a temporary file, then ``os.replace``: a crash never leaves a half-written file."""
+    """``torch.save`` to a temporary file, then ``os.replace``: a crash never leaves a half-written file.
+
+    The file is flushed to disk before the rename and the folder after it, so a power cut does not
+    either (what ``dkl_train.atomic`` does; dkl-core depends on torch alone).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
     torch.save({"format": PROGRESS_FORMAT, "settings": settings, "chunks": records}, temporary)
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
     os.replace(temporary, path)
+    try:
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(folder)
+    except OSError:
+        pass  # some file systems cannot sync a directory; the rename is still atomic
+    finally:
+        os.close(folder)
 
 
 def autoattack_evaluation(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -61,14 +63,41 @@ def check_targets(targets: torch.Tensor, batch: int, num_classes: int) -> None:
             raise ValueError(f"targets must lie in [0, {num_classes}), got values in [{int(low)}, {int(high)}]")
 
 
-def check_reduction(reduction: str) -> None:
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+#: The accepted ``reduction`` values and what each becomes: ``"batchmean"`` (what ``F.kl_div`` users pass) is
+#: an alias of ``"mean"``, which here already is the mean over the batch, not over the ``B*C`` elements.
+REDUCTIONS = {"mean": "mean", "batchmean": "mean", "sum": "sum", "none": "none"}
+
+
+def check_reduction(reduction: str) -> str:
+    """The canonical reduction (``"mean"``, ``"sum"`` or ``"none"``) for an accepted name, else a ``ValueError``."""
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        accepted = ", ".join(repr(name) for name in REDUCTIONS)
+        raise ValueError(
+            f"reduction must be one of {accepted} ('batchmean' is an alias of 'mean', the mean over the batch), "
+            f"got {reduction!r}"
+        )
+    return REDUCTIONS[reduction]
 
 
 def check_positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+    """A finite number ``> 0`` (temperatures)."""
+    if not _is_finite_number(value) or not value > 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def check_non_negative(name: str, value: float, hint: str = "") -> None:
+    """A finite number ``>= 0`` (term weights, ``gamma``); ``hint`` is added to the message in parentheses."""
+    if not _is_finite_number(value) or not value >= 0:
+        detail = f" ({hint})" if hint else ""
+        raise ValueError(f"{name} must be a finite number >= 0{detail}, got {value!r}")
+
+
+def _is_finite_number(value: object) -> bool:
+    """A real number (or a one-element tensor) that is neither NaN nor infinite."""
+    try:
+        return math.isfinite(value)
+    except (TypeError, ValueError, RuntimeError):
+        return False
 
 
 def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:

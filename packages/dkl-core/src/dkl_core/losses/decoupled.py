@@ -14,9 +14,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_logits_pair, check_positive, check_reduction, check_weights, compute_dtype
+from ._checks import (
+    check_logits_pair,
+    check_non_negative,
+    check_positive,
+    check_reduction,
+    check_weights,
+    compute_dtype,
+)
 from ._decoupled_terms import TermOptions, decoupled_terms
 from ._precision import full_precision
+
+
+def _check_dkl_options(mse_weight: float, ce_weight: float, temperature: float) -> None:
+    """The scalar arguments every decoupled loss takes (the messages of functions and modules alike)."""
+    check_non_negative("mse_weight", mse_weight)
+    check_non_negative("ce_weight", ce_weight)
+    check_positive("temperature", temperature)
+
+
+def _check_ikl_options(
+    mse_weight: float, ce_weight: float, temperature: float, weight_temperature: float, gamma: float | None
+) -> None:
+    """:func:`_check_dkl_options` plus ``weight_temperature`` and GKL's ``gamma`` (``None`` for IKL)."""
+    _check_dkl_options(mse_weight, ce_weight, temperature)
+    check_positive("weight_temperature", weight_temperature)
+    if gamma is not None:
+        check_non_negative("gamma", gamma, hint="0 gives uniform weights")
 
 
 @full_precision
@@ -40,6 +64,9 @@ def dkl_loss(
                - \text{ce\_weight}\sum_j S(\mathrm{softmax}(t))_j \log \mathrm{softmax}(s)_j,
         \qquad w = S(\mathrm{softmax}(t)).
 
+    Temperature: ``temperature`` (``T``) divides both logits before the decoupling (the wMSE, its weights
+    and the soft cross-entropy all see ``logits / T``); no ``T^2`` factor.
+
     With unit weights its gradients with respect to *both* inputs equal those of
     ``KL(softmax(t) || softmax(s))`` (that is, ``kl_loss(..., temperature=T) / T**2``). The wMSE term
     only moves ``teacher_logits``: with a frozen teacher it does nothing, which is what IKL repairs.
@@ -48,15 +75,16 @@ def dkl_loss(
     Args:
         student_logits: ``[B, C]``.
         teacher_logits: ``[B, C]``.
-        mse_weight: weight of the wMSE term (the paper's ``alpha``, the released code's ``beta``).
-        ce_weight: weight of the soft cross-entropy term (the paper's ``beta``).
-        temperature: ``T > 0``, applied to both logits before decoupling; no ``T^2`` factor.
-        reduction: ``"mean"`` over the batch, ``"sum"`` or ``"none"`` (``[B]``).
+        mse_weight: weight of the wMSE term, finite and ``>= 0`` (the paper's ``alpha``, the released code's
+            ``beta``).
+        ce_weight: weight of the soft cross-entropy term, finite and ``>= 0`` (the paper's ``beta``).
+        temperature: ``T > 0``, divides both logits before decoupling; no ``T^2`` factor (default 1).
+        reduction: ``"mean"`` over the batch (``"batchmean"`` is an alias), ``"sum"`` or ``"none"`` (``[B]``).
         compiled: run the fused forward pass through ``torch.compile`` (see :func:`ikl_loss`).
     """
     check_logits_pair(student_logits, teacher_logits)
-    check_positive("temperature", temperature)
-    check_reduction(reduction)
+    _check_dkl_options(mse_weight, ce_weight, temperature)
+    reduction = check_reduction(reduction)
     dtype = compute_dtype(student_logits, teacher_logits)
     student = student_logits.to(dtype)
     teacher = teacher_logits.to(dtype)
@@ -94,11 +122,8 @@ def _ikl_family(
     compiled: bool,
 ) -> torch.Tensor:
     check_logits_pair(student_logits, teacher_logits)
-    check_positive("temperature", temperature)
-    check_positive("weight_temperature", weight_temperature)
-    check_reduction(reduction)
-    if gamma is not None and gamma < 0:
-        raise ValueError(f"gamma must be >= 0 (0 gives uniform weights), got {gamma}")
+    _check_ikl_options(mse_weight, ce_weight, temperature, weight_temperature, gamma)
+    reduction = check_reduction(reduction)
     dtype = compute_dtype(student_logits, teacher_logits)
     student = student_logits.to(dtype)
     teacher = teacher_logits.to(dtype)
@@ -138,8 +163,11 @@ def ikl_loss(
                  \big((t_j - t_k) - (s_j - s_k)\big)^2
                - \text{ce\_weight}\sum_j S(\mathrm{softmax}(t/T))_j \log \mathrm{softmax}(s/T)_j
 
-    The wMSE term acts on the raw logits; only the cross-entropy uses ``temperature`` (no ``T^2``
-    factor). ``w`` is ``weights[b]`` when given — the class-wise prior of the sample's label,
+    Temperature: ``temperature`` (``T``) divides both logits in the soft cross-entropy term only (the wMSE
+    acts on the raw logits); no ``T^2`` factor. ``weight_temperature`` (``T_w``) divides the teacher logits
+    of the default weights ``softmax(t / T_w)``, and does nothing when ``weights`` is given.
+
+    ``w`` is ``weights[b]`` when given — the class-wise prior of the sample's label,
     ``class_prior.weights(targets)`` ("GI") — and otherwise ``softmax(t / weight_temperature)``.
     Gradients flow into both logits (detach the teacher yourself in distillation). Exact O(B*C)
     computation (no ``B x C x C`` tensor), in float32 under bf16/fp16 autocast.
@@ -147,14 +175,16 @@ def ikl_loss(
     Args:
         student_logits: ``s``, shape ``[B, C]`` (student, adversarial image, strong view).
         teacher_logits: ``t``, shape ``[B, C]`` (teacher, natural image, weak view / EMA model).
-        mse_weight: weight of the wMSE term (the released code's ``beta``).
-        ce_weight: weight of the soft cross-entropy (the released code's ``alpha``).
-        temperature: ``T > 0`` of the cross-entropy term.
+        mse_weight: weight of the wMSE term, finite and ``>= 0`` (the released code's ``beta``).
+        ce_weight: weight of the soft cross-entropy, finite and ``>= 0`` (the released code's ``alpha``).
+        temperature: ``T > 0``, divides both logits in the cross-entropy term only; no ``T^2`` factor (4 for
+            CIFAR-100 distillation, 1 on ImageNet and in adversarial training).
         weights: optional non-negative ``[B, C]`` class weights, e.g. a class-prior row per sample.
-        weight_temperature: ``T2 > 0`` of ``softmax(t / T2)`` when ``weights`` is ``None``.
+        weight_temperature: ``T_w > 0`` of the default weights ``softmax(t / T_w)``, unused when ``weights``
+            is given (100 for IKL and 4 for GKL in CIFAR-100 distillation).
         detach_weights: stop the gradient through the weights (the paper). ``False`` lets it flow,
             as the released semi-supervised code ran (it departs from the paper's formula).
-        reduction: ``"mean"`` over the batch, ``"sum"`` or ``"none"`` (``[B]``).
+        reduction: ``"mean"`` over the batch (``"batchmean"`` is an alias), ``"sum"`` or ``"none"`` (``[B]``).
         compiled: run the fused forward pass (which also prepares the gradients) through ``torch.compile``:
             a few fused kernels instead of about twenty small ones. At classification-head sizes on a GPU,
             where each op costs mostly its launch, that took IKL from 1.2-1.5x the time of a plain KL loss
@@ -200,8 +230,14 @@ def gkl_loss(
 
     which is the TPAMI code's normalisation (batch sums, not per sample). ``reduction="none"``
     returns ``mse_weight * wMSE_b / mean_b(W_b^2) + ce_weight * sCE_b``, whose mean is the formula.
-    With ``gamma = 1`` and weights that sum to 1 per row, GKL equals IKL. Other arguments as in
-    :func:`ikl_loss`.
+    With ``gamma = 1`` and weights that sum to 1 per row, GKL equals IKL.
+
+    Temperature: ``temperature`` (``T``) divides both logits in the soft cross-entropy term only (the wMSE
+    acts on the raw logits); no ``T^2`` factor. ``weight_temperature`` (``T_w``) divides the teacher logits
+    of the default weights ``softmax(t / T_w)`` (before ``** gamma``), and does nothing when ``weights`` is
+    given.
+
+    ``gamma`` must be finite and ``>= 0`` (0 gives uniform weights). Other arguments as in :func:`ikl_loss`.
     """
     return _ikl_family(
         student_logits, teacher_logits, mse_weight, ce_weight, temperature,
@@ -210,7 +246,10 @@ def gkl_loss(
 
 
 class DKLLoss(nn.Module):
-    """Module form of :func:`dkl_loss`."""
+    """Module form of :func:`dkl_loss`; call as ``loss(student_logits, teacher_logits)``.
+
+    The arguments are checked here, with the messages :func:`dkl_loss` gives.
+    """
 
     def __init__(
         self,
@@ -221,16 +260,32 @@ class DKLLoss(nn.Module):
         compiled: bool = False,
     ) -> None:
         super().__init__()
-        self.options = dict(
-            mse_weight=mse_weight, ce_weight=ce_weight, temperature=temperature, reduction=reduction, compiled=compiled
-        )
+        _check_dkl_options(mse_weight, ce_weight, temperature)
+        check_reduction(reduction)
+        self.mse_weight = mse_weight
+        self.ce_weight = ce_weight
+        self.temperature = temperature
+        self.reduction = reduction
+        self.compiled = compiled
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        return dkl_loss(student_logits, teacher_logits, **self.options)
+        return dkl_loss(
+            student_logits, teacher_logits, mse_weight=self.mse_weight, ce_weight=self.ce_weight,
+            temperature=self.temperature, reduction=self.reduction, compiled=self.compiled,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return (
+            f"mse_weight={self.mse_weight!r}, ce_weight={self.ce_weight!r}, temperature={self.temperature!r}, "
+            f"reduction={self.reduction!r}, compiled={self.compiled!r}"
+        )
 
 
 class IKLLoss(nn.Module):
-    """Module form of :func:`ikl_loss`; ``forward(student_logits, teacher_logits, weights=None)``."""
+    """Module form of :func:`ikl_loss`; ``forward(student_logits, teacher_logits, weights=None)``.
+
+    The arguments are checked here, with the messages :func:`ikl_loss` gives.
+    """
 
     def __init__(
         self,
@@ -243,26 +298,63 @@ class IKLLoss(nn.Module):
         compiled: bool = False,
     ) -> None:
         super().__init__()
-        self.options = dict(
-            mse_weight=mse_weight, ce_weight=ce_weight, temperature=temperature,
-            weight_temperature=weight_temperature, detach_weights=detach_weights, reduction=reduction,
-            compiled=compiled,
-        )  # fmt: skip
+        _check_ikl_options(mse_weight, ce_weight, temperature, weight_temperature, gamma=None)
+        check_reduction(reduction)
+        self.mse_weight = mse_weight
+        self.ce_weight = ce_weight
+        self.temperature = temperature
+        self.weight_temperature = weight_temperature
+        self.detach_weights = detach_weights
+        self.reduction = reduction
+        self.compiled = compiled
 
     def forward(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, weights: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return ikl_loss(student_logits, teacher_logits, weights=weights, **self.options)
+        return ikl_loss(student_logits, teacher_logits, weights=weights, **self._options())
+
+    def _options(self) -> dict:
+        return dict(
+            mse_weight=self.mse_weight, ce_weight=self.ce_weight, temperature=self.temperature,
+            weight_temperature=self.weight_temperature, detach_weights=self.detach_weights,
+            reduction=self.reduction, compiled=self.compiled,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={value!r}" for name, value in self._options().items())
 
 
 class GKLLoss(IKLLoss):
-    """Module form of :func:`gkl_loss`; ``forward(student_logits, teacher_logits, weights=None)``."""
+    """Module form of :func:`gkl_loss`; ``forward(student_logits, teacher_logits, weights=None)``.
 
-    def __init__(self, gamma: float = 1.0, **ikl_options) -> None:
-        super().__init__(**ikl_options)
+    Same arguments and defaults as :func:`gkl_loss`; ``gamma`` may be given by position (as before), the
+    rest by keyword. The arguments are checked here, with the messages :func:`gkl_loss` gives.
+    """
+
+    def __init__(
+        self,
+        gamma: float = 1.0,
+        *,
+        mse_weight: float = 1.0,
+        ce_weight: float = 1.0,
+        temperature: float = 1.0,
+        weight_temperature: float = 1.0,
+        detach_weights: bool = True,
+        reduction: str = "mean",
+        compiled: bool = False,
+    ) -> None:
+        check_non_negative("gamma", gamma, hint="0 gives uniform weights")
+        super().__init__(
+            mse_weight=mse_weight, ce_weight=ce_weight, temperature=temperature,
+            weight_temperature=weight_temperature, detach_weights=detach_weights, reduction=reduction,
+            compiled=compiled,
+        )  # fmt: skip
         self.gamma = gamma
 
     def forward(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, weights: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return gkl_loss(student_logits, teacher_logits, weights=weights, gamma=self.gamma, **self.options)
+        return gkl_loss(student_logits, teacher_logits, weights=weights, gamma=self.gamma, **self._options())
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma!r}, {super().extra_repr()}"

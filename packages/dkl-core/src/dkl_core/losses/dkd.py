@@ -6,7 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_logits_pair, check_positive, check_reduction, check_targets, compute_dtype, reduce
+from ._checks import (
+    check_logits_pair,
+    check_non_negative,
+    check_positive,
+    check_reduction,
+    check_targets,
+    compute_dtype,
+    reduce,
+)
 from ._precision import full_precision
 
 
@@ -21,6 +29,12 @@ def _non_target(logits: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor
     """The ``[B, C-1]`` logits of the non-target classes, in class order."""
     batch, num_classes = logits.shape
     return logits.masked_select(~target_mask).view(batch, num_classes - 1)
+
+
+def _check_dkd_options(tckd_weight: float, nckd_weight: float, temperature: float) -> None:
+    check_non_negative("tckd_weight", tckd_weight)
+    check_non_negative("nckd_weight", nckd_weight)
+    check_positive("temperature", temperature)
 
 
 @full_precision
@@ -44,23 +58,29 @@ def dkd_loss(
                  + \text{nckd\_weight}\,\mathrm{KL}(\hat p^t\,\|\,\hat p^s)\Big)
 
     with ``b = [p_y, 1 - p_y]`` from ``softmax(logits / T)`` and ``p̂`` the softmax over the non-target
-    logits. The non-target classes are gathered rather than masked with a large constant, so the
+    logits divided by ``T``.
+
+    Temperature: ``temperature`` (``T``) divides both logits before the softmax (in both terms); the loss is
+    multiplied by ``T^2``.
+
+    The non-target classes are gathered rather than masked with a large constant, so the
     result is exact. Gradients flow into both logits (detach the teacher for distillation).
 
     Args:
         student_logits: ``[B, C]``.
         teacher_logits: ``[B, C]``.
         targets: ``[B]`` integer labels in ``[0, C)``.
-        tckd_weight: the paper's ``alpha`` (1.0 in every published config).
-        nckd_weight: the paper's ``beta`` (8.0 for most CIFAR-100 pairs, 2.0 or 6.0 for some).
-        temperature: ``T > 0`` (4 on CIFAR-100, 1 on ImageNet).
-        reduction: ``"mean"`` over the batch, ``"sum"`` or ``"none"`` (``[B]``).
+        tckd_weight: the paper's ``alpha``, finite and ``>= 0`` (1.0 in every published config).
+        nckd_weight: the paper's ``beta``, finite and ``>= 0`` (8.0 for most CIFAR-100 pairs, 2.0 or 6.0 for some).
+        temperature: ``T > 0``, divides both logits; the loss carries the ``T^2`` factor (4 on CIFAR-100, 1 on
+            ImageNet).
+        reduction: ``"mean"`` over the batch (``"batchmean"`` is an alias), ``"sum"`` or ``"none"`` (``[B]``).
     """
     check_logits_pair(student_logits, teacher_logits)
     batch, num_classes = student_logits.shape
     check_targets(targets, batch, num_classes)
-    check_positive("temperature", temperature)
-    check_reduction(reduction)
+    _check_dkd_options(tckd_weight, nckd_weight, temperature)
+    reduction = check_reduction(reduction)
     dtype = compute_dtype(student_logits, teacher_logits)
     student = student_logits.to(dtype) / temperature
     teacher = teacher_logits.to(dtype) / temperature
@@ -82,17 +102,32 @@ def dkd_loss(
 
 
 class DKDLoss(nn.Module):
-    """Module form of :func:`dkd_loss`; ``forward(student_logits, teacher_logits, targets)``."""
+    """Module form of :func:`dkd_loss`; ``forward(student_logits, teacher_logits, targets)``.
+
+    The arguments are checked here, with the messages :func:`dkd_loss` gives.
+    """
 
     def __init__(
         self, tckd_weight: float = 1.0, nckd_weight: float = 8.0, temperature: float = 4.0, reduction: str = "mean"
     ) -> None:
         super().__init__()
-        self.options = dict(
-            tckd_weight=tckd_weight, nckd_weight=nckd_weight, temperature=temperature, reduction=reduction
-        )
+        _check_dkd_options(tckd_weight, nckd_weight, temperature)
+        check_reduction(reduction)
+        self.tckd_weight = tckd_weight
+        self.nckd_weight = nckd_weight
+        self.temperature = temperature
+        self.reduction = reduction
 
     def forward(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor
     ) -> torch.Tensor:
-        return dkd_loss(student_logits, teacher_logits, targets, **self.options)
+        return dkd_loss(
+            student_logits, teacher_logits, targets, tckd_weight=self.tckd_weight, nckd_weight=self.nckd_weight,
+            temperature=self.temperature, reduction=self.reduction,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return (
+            f"tckd_weight={self.tckd_weight!r}, nckd_weight={self.nckd_weight!r}, "
+            f"temperature={self.temperature!r}, reduction={self.reduction!r}"
+        )

@@ -24,14 +24,17 @@ def kl_loss(
         \ell_b = T^2 \sum_j p_j \left(\log p_j - \log q_j\right),\quad
         p = \mathrm{softmax}(t_b / T),\; q = \mathrm{softmax}(s_b / T)
 
+    Temperature: ``temperature`` (``T``) divides both logits before the softmax; the loss is multiplied by ``T^2``.
+
     Gradients flow into both inputs; detach ``teacher_logits`` (or compute them under ``no_grad``)
     for a frozen teacher. The arithmetic runs in float32 even under bf16/fp16 autocast.
 
     Args:
         student_logits: ``s``, shape ``[B, C]``.
         teacher_logits: ``t``, shape ``[B, C]``, the target distribution's logits.
-        temperature: ``T > 0``; the loss carries the usual ``T^2`` factor.
-        reduction: ``"mean"`` over the batch (not over ``B*C`` elements), ``"sum"`` or ``"none"`` (``[B]``).
+        temperature: ``T > 0``, divides both logits; the loss carries the ``T^2`` factor (4 on CIFAR-100, 1 on ImageNet).
+        reduction: ``"mean"`` over the batch (not over ``B*C`` elements; ``"batchmean"`` is an alias), ``"sum"``
+            or ``"none"`` (``[B]``).
 
     Returns:
         A scalar, or the ``[B]`` per-sample losses when ``reduction="none"``.
@@ -43,7 +46,7 @@ def kl_loss(
     """
     check_logits_pair(student_logits, teacher_logits)
     check_positive("temperature", temperature)
-    check_reduction(reduction)
+    reduction = check_reduction(reduction)
     dtype = compute_dtype(student_logits, teacher_logits)
     log_q = F.log_softmax(student_logits.to(dtype) / temperature, dim=1)
     log_p = F.log_softmax(teacher_logits.to(dtype) / temperature, dim=1)
@@ -52,12 +55,20 @@ def kl_loss(
 
 
 class KLLoss(nn.Module):
-    """Module form of :func:`kl_loss`; call as ``loss(student_logits, teacher_logits)``."""
+    """Module form of :func:`kl_loss`; call as ``loss(student_logits, teacher_logits)``.
+
+    The arguments are checked here, with the messages :func:`kl_loss` gives.
+    """
 
     def __init__(self, temperature: float = 1.0, reduction: str = "mean") -> None:
         super().__init__()
+        check_positive("temperature", temperature)
+        check_reduction(reduction)
         self.temperature = temperature
         self.reduction = reduction
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         return kl_loss(student_logits, teacher_logits, temperature=self.temperature, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature!r}, reduction={self.reduction!r}"
