@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dkl_train.results import write_json_atomic
-from tools.demo import HEADER, TableMismatchError, check_readme, main, markdown, readme_table, rows
+from tools.demo import HEADER, OtherKernels, TableMismatchError, check_readme, main, markdown, readme_table, rows
 
 
 @pytest.fixture
@@ -104,3 +104,25 @@ def test_overridden_runs_skip_the_comparison_and_say_so(runs, tmp_path, capsys):
 def test_summary_is_the_line_printed_when_a_run_ends(runs, capsys):
     main(["--summary", str(runs / "adv" / "trades")])
     assert capsys.readouterr().out.strip() == "top-1 80.00, autoattack_clean 81.00, autoattack_robust 41.50"
+
+
+def test_the_sample_of_this_machines_cpu_kernels_is_the_one_checked(runs, tmp_path, capsys):
+    table = rows(runs)
+    other = [list(row) for row in table]
+    other[0][HEADER.index("top-1 (%)")] = "1.00"  # what another CPU's kernels printed
+    text = f"<!-- demo-sample: cpu=AVX512 -->\n{markdown(other)}\n\n<!-- demo-sample: cpu=AVX2 -->\n{markdown(table)}\n"
+    readme = readme_with(text, tmp_path)
+    check_readme(table, readme, kernels="AVX2")  # its own sample matches
+    with pytest.raises(TableMismatchError, match="adv/trades: top-1 \\(%\\) is .* here, '1.00' in the README"):
+        check_readme(table, readme, kernels="AVX512")
+    with pytest.raises(OtherKernels, match="runs torch's DEFAULT kernels .* printed with AVX2, AVX512"):
+        check_readme(table, readme, kernels="DEFAULT")
+
+
+def test_no_sample_for_this_cpu_is_said_not_failed(runs, tmp_path, capsys, monkeypatch):
+    import tools.demo
+
+    monkeypatch.setattr(tools.demo, "cpu_kernels", lambda: "DEFAULT")
+    readme = readme_with(f"<!-- demo-sample: cpu=AVX512 -->\n{markdown(rows(runs))}\n", tmp_path)
+    main([str(runs), "--readme", readme])  # no SystemExit
+    assert "not compared (nothing is wrong)" in capsys.readouterr().out
