@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib
 import json
 import os
 import shlex
@@ -63,17 +62,13 @@ class SweepError(ValueError):
 def recipe_methods(task: str, root: Path = REPO_ROOT) -> tuple[str, ...]:
     """The recipe's ``METHODS`` (``recipes/<task>/train.py``), in the paper's column order.
 
-    Read from the script's source when it is a literal (no torch import for a table), else from the
-    installed recipe module ``dkl_recipe_<task>.train``.
+    Read from the script's source (a table needs no torch import), so ``METHODS`` must be a literal tuple.
     """
     script = configs_dir(task, root).parent / "train.py"
     for node in ast.parse(script.read_text(encoding="utf-8"), filename=str(script)).body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "METHODS" for t in node.targets):
-            try:
-                return tuple(str(method) for method in ast.literal_eval(node.value))
-            except ValueError:
-                break  # computed, not a literal: ask the module
-    return tuple(importlib.import_module(f"dkl_recipe_{task}.train").METHODS)
+            return tuple(str(method) for method in ast.literal_eval(node.value))
+    raise SweepError(f"{script} has no METHODS = (...) tuple: the task's methods, in the paper's column order")
 
 
 # ----------------------------------------------------------------------------------------------

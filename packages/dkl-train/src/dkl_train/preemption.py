@@ -91,11 +91,10 @@ class StopSignals:
             self._pending[0].wait()
             self._pending = None
 
-    def describe(self) -> str:
-        """What stopped the run, for its last message."""
-        caught = signal.Signals(self.first).name if self.first is not None else "another process's stop signal"
-        ignored = f"; {self.extra} more signal(s) after the first were ignored" if self.extra else ""
-        return caught + ignored
+    @property
+    def first_name(self) -> str:
+        """The first stop signal's name, for the run's last message (the stop may come from another process)."""
+        return signal.Signals(self.first).name if self.first is not None else "another process's stop signal"
 
 
 # Test knobs (``signal_at_step``): what a scheduler does, at a known step, and a second signal mid-save.

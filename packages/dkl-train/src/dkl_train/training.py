@@ -88,9 +88,6 @@ from .launch import (
 from .preemption import PREEMPTED_EXIT_CODE, StopSignals, signal_process_group, signal_self
 from .results import git_revision, write_json_atomic
 
-# The exit status of a run stopped by SIGTERM/SIGUSR1 after saving its checkpoint: 128 + SIGTERM, what
-# a shell reports for a process ended by SIGTERM, so schedulers and job scripts requeue both alike.
-
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the loss terms."""
@@ -594,11 +591,12 @@ class Run:
         self.state.partial = {"epoch": epoch, **progress}
         path = self.save_checkpoint()
         self.state.partial = None
-        caught, _, ignored = self.stop_signals.describe().partition("; ")
+        signals = self.stop_signals
+        ignored = f"; {signals.extra} more signal(s) after the first were ignored" if signals.extra else ""
         self.print(
-            f"{caught}: stopped after optimiser step {self.state.global_step} (inside epoch {epoch + 1}); checkpoint {path}"
-            f"{'; ' + ignored if ignored else ''}. Exiting with status {PREEMPTED_EXIT_CODE}; continue with "
-            "resume=auto (or resume=true)."
+            f"{signals.first_name}: stopped after optimiser step {self.state.global_step} (inside epoch {epoch + 1}); "
+            f"checkpoint {path}{ignored}. Exiting with status {PREEMPTED_EXIT_CODE}; continue with resume=auto "
+            "(or resume=true)."
         )
         self.accelerator.end_training()
         self.stop_signals.restore()  # (signals until here are still only counted)
