@@ -21,7 +21,8 @@ for bench in $benches; do
   case $bench in
     losses) run 300 --only losses --device cuda --dtype float32 --repeats 200; run 300 --only losses --device cuda --dtype bfloat16 --repeats 200 ;;
     attacks) run 150 --only attacks --device cuda --model wrn_34_10 --all ;;
-    imagenet_loader) run 500 --only imagenet_loader --device cuda ;;  # three recipe runs (synthetic, pil, gpu)
+    imagenet_loader) run 400 --only imagenet_loader --device cuda ;;  # three recipe runs (synthetic, pil, gpu)
+    kd_speed) run 120 --only kd_speed --device cuda ;;  # the paper's training-speed column, bf16 and fp32
     *) run 150 --only "$bench" --device cuda ;;
   esac
   tar czf "$out/results.tgz" benchmarks/results  # after each bench, so a timeout keeps what finished
