@@ -68,6 +68,8 @@ IMAGENET_DIR ?=
 # A config's `mixed_precision: auto` (the default) follows the launcher; an explicit value there wins.
 LAUNCH ?= $(VENV)/bin/accelerate launch
 LAUNCH_ARGS ?=
+# Runs the launch and, when it fails, repeats the run's one-line error after the launcher's own report.
+LAST_ERROR := $(PY) -m tools.last_error
 KD_CONFIG := $(or $(CONFIG),recipes/kd/configs/cifar100_resnet32x4_resnet8x4_ikl.yaml)
 KD_SEEDS := $(or $(SEEDS),0 1 2)
 KD_RUNS := runs/kd/$(basename $(notdir $(KD_CONFIG)))
@@ -77,13 +79,13 @@ data: install ## Prepare a dataset once under DATA_DIR=data: DATASET=digits|cifa
 	$(PY) -m dkl_train.data prepare --dataset $(DATASET) --data-dir $(DATA_DIR) $(if $(IMAGENET_DIR),--imagenet-dir $(IMAGENET_DIR))
 
 train-kd: install ## One KD run: CONFIG=recipes/kd/configs/<file>.yaml ARGS="key=value ..." (LAUNCH_ARGS for accelerate launch)
-	$(LAUNCH) $(LAUNCH_ARGS) recipes/kd/train.py --config $(KD_CONFIG) $(ARGS)
+	$(LAST_ERROR) $(LAUNCH) $(LAUNCH_ARGS) recipes/kd/train.py --config $(KD_CONFIG) $(ARGS)
 
 reproduce-kd: install ## Train + eval a KD config over seeds, then report mean ± std vs the paper: CONFIG=... SEEDS="0 1 2" (default resnet32x4 -> resnet8x4 IKL)
 	@$(PY) recipes/kd/train.py --check --config $(KD_CONFIG) $(ARGS)
 	@for seed in $(KD_SEEDS); do \
-	  $(LAUNCH) $(LAUNCH_ARGS) recipes/kd/train.py --config $(KD_CONFIG) seed=$$seed output_dir=$(KD_RUNS)/seed$$seed resume=true $(ARGS) || exit 1; \
-	  $(LAUNCH) $(LAUNCH_ARGS) recipes/kd/eval.py --config $(KD_CONFIG) seed=$$seed output_dir=$(KD_RUNS)/seed$$seed $(ARGS) || exit 1; \
+	  $(LAST_ERROR) $(LAUNCH) $(LAUNCH_ARGS) recipes/kd/train.py --config $(KD_CONFIG) seed=$$seed output_dir=$(KD_RUNS)/seed$$seed resume=true $(ARGS) || exit 1; \
+	  $(LAST_ERROR) $(LAUNCH) $(LAUNCH_ARGS) recipes/kd/eval.py --config $(KD_CONFIG) seed=$$seed output_dir=$(KD_RUNS)/seed$$seed $(ARGS) || exit 1; \
 	done
 	$(PY) -m tools.report $(KD_RUNS)
 
@@ -94,11 +96,11 @@ SSL_RUNS := runs/ssl/$(basename $(notdir $(SSL_CONFIG)))
 .PHONY: train-ssl reproduce-ssl
 
 train-ssl: install ## One SSL run: CONFIG=recipes/ssl/configs/<file>.yaml ARGS="key=value ..." (LAUNCH_ARGS for accelerate launch)
-	$(LAUNCH) $(LAUNCH_ARGS) recipes/ssl/train.py --config $(SSL_CONFIG) $(ARGS)
+	$(LAST_ERROR) $(LAUNCH) $(LAUNCH_ARGS) recipes/ssl/train.py --config $(SSL_CONFIG) $(ARGS)
 
 reproduce-ssl: install ## Train an SSL config over seeds (resumable), then report mean ± std vs the paper: CONFIG=... SEEDS="0 1 2" (default FixMatch-IKL)
 	@for seed in $(SSL_SEEDS); do \
-	  $(LAUNCH) $(LAUNCH_ARGS) recipes/ssl/train.py --config $(SSL_CONFIG) seed=$$seed output_dir=$(SSL_RUNS)/seed$$seed resume=true $(ARGS) || exit 1; \
+	  $(LAST_ERROR) $(LAUNCH) $(LAUNCH_ARGS) recipes/ssl/train.py --config $(SSL_CONFIG) seed=$$seed output_dir=$(SSL_RUNS)/seed$$seed resume=true $(ARGS) || exit 1; \
 	done
 	$(PY) -m tools.report $(SSL_RUNS)
 
@@ -112,15 +114,15 @@ EVAL_ARGS ?=
 .PHONY: train-adv eval-adv reproduce-adv
 
 train-adv: install ## One adversarial-training run: CONFIG=recipes/adv/configs/<file>.yaml ARGS="key=value ..." (LAUNCH_ARGS for accelerate launch)
-	$(LAUNCH) $(LAUNCH_ARGS) recipes/adv/train.py --config $(ADV_CONFIG) $(ARGS)
+	$(LAST_ERROR) $(LAUNCH) $(LAUNCH_ARGS) recipes/adv/train.py --config $(ADV_CONFIG) $(ARGS)
 
 eval-adv: install ## AutoAttack into results.json: RUN=<run folder> or CONFIG=recipes/adv/configs/eval_<row>.yaml ARGS="checkpoint=PATH" (resumable; LAUNCH_ARGS="--num_processes N" shards it)
-	$(LAUNCH) $(LAUNCH_ARGS) recipes/adv/eval.py $(ADV_EVAL_SOURCE) $(ARGS)
+	$(LAST_ERROR) $(LAUNCH) $(LAUNCH_ARGS) recipes/adv/eval.py $(ADV_EVAL_SOURCE) $(ARGS)
 
 reproduce-adv: install ## Train + AutoAttack an adv config over seeds, then report: CONFIG=... SEEDS="0" (default CIFAR-10 WRN-34-10 IKL-AT) ARGS= (train) EVAL_ARGS= (eval)
 	@for seed in $(ADV_SEEDS); do \
-	  $(LAUNCH) $(LAUNCH_ARGS) recipes/adv/train.py --config $(ADV_CONFIG) seed=$$seed output_dir=$(ADV_RUNS)/seed$$seed resume=true $(ARGS) || exit 1; \
-	  $(LAUNCH) $(LAUNCH_ARGS) recipes/adv/eval.py run_dir=$(ADV_RUNS)/seed$$seed $(EVAL_ARGS) || exit 1; \
+	  $(LAST_ERROR) $(LAUNCH) $(LAUNCH_ARGS) recipes/adv/train.py --config $(ADV_CONFIG) seed=$$seed output_dir=$(ADV_RUNS)/seed$$seed resume=true $(ARGS) || exit 1; \
+	  $(LAST_ERROR) $(LAUNCH) $(LAUNCH_ARGS) recipes/adv/eval.py run_dir=$(ADV_RUNS)/seed$$seed $(EVAL_ARGS) || exit 1; \
 	done
 	$(PY) -m tools.report $(ADV_RUNS)
 

@@ -56,7 +56,7 @@ def make_step(config, device: torch.device, dtype: torch.dtype | None, batch: di
 
     from dkl_core import ClassPrior
     from dkl_train.models import create_model
-    from dkl_train.training import build_optimizer
+    from dkl_train.optim import build_optimizer
 
     torch.manual_seed(0)
     student = create_model(config.student, 1000, **config.student_kwargs)

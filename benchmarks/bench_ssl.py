@@ -22,7 +22,7 @@ from dkl_train.averaging import ema_model
 from dkl_train.config import load_config
 from dkl_train.data import get_spec
 from dkl_train.models import create_model
-from dkl_train.training import iteration_learning_rate
+from dkl_train.optim import iteration_learning_rate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "ssl" / "configs"
 PAIRS = {

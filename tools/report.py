@@ -31,7 +31,7 @@ from typing import Any
 RUN_SPECIFIC_KEYS = {
     "seed", "output_dir", "resume", "data_dir", "num_workers", "notes", "checkpoint_every",
     "keep_checkpoints", "log_every", "eval_every", "teacher_checkpoint", "init_checkpoint",
-    "stop_after_epochs", "stop_after_iters", "signal_at_step", "log_step_losses", "evaluate_teacher", "report_to",
+    "stop_after_epochs", "stop_after_iters", "resume_override", "log_step_losses", "evaluate_teacher", "report_to",
 }  # fmt: skip
 # Top-level results.json keys that are not metrics (``split`` holds sample counts: bookkeeping).
 NOT_METRICS = {

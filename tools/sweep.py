@@ -14,8 +14,7 @@ methods in the paper's column order: a method added there gets its column here.
 Every (config, seed) is one *job* with the run folder ``RUNS/<task>/<config file stem>/seed<N>``,
 the folder ``make reproduce-<task>`` uses, so runs made either way count for both. A job is skipped
 when its ``results.json`` holds the headline statistic (:func:`tools.report.headline_metric`);
-otherwise it is started with ``resume=auto`` (or ``resume=true`` where the schema has no ``auto``),
-which continues an interrupted run from its newest checkpoint, or starts afresh when there is none.
+otherwise it is started with ``resume=true``, which continues an interrupted run from its newest checkpoint, or starts afresh when there is none.
 Adversarial jobs also run ``eval.py`` (AutoAttack, itself resumable) when training is done.
 
 One bash script does the jobs, selected by ``SLURM_ARRAY_TASK_ID``: locally this module runs it
@@ -177,18 +176,7 @@ def _same_path(a: Any, b: Any) -> bool:
     return isinstance(a, str) and isinstance(b, str) and os.path.normpath(a) == os.path.normpath(b)
 
 
-def resume_value() -> str:
-    """``auto`` when the config schema accepts it (resume if a checkpoint exists), else ``true`` (same effect here)."""
-    from dkl_train.config import BaseConfig, ConfigError, load_config
-
-    try:
-        load_config(BaseConfig, None, ["resume=auto"])
-    except ConfigError:
-        return "true"
-    return "auto"
-
-
-def plan(task: str, entries: list[Entry], seeds: list[int], runs: Path, resume: str = "true") -> list[Job]:
+def plan(task: str, entries: list[Entry], seeds: list[int], runs: Path) -> list[Job]:
     """Every job of a table, teachers first; students of an in-table teacher get its sweep checkpoint."""
     teachers = {}  # stem of a student -> the entry that trains its teacher
     for student in entries:
@@ -202,7 +190,7 @@ def plan(task: str, entries: list[Entry], seeds: list[int], runs: Path, resume: 
         is_teacher = entry.stem in teacher_stems
         for seed in seeds[:1] if is_teacher else seeds:
             folder = run_dir(runs, task, entry, seed)
-            overrides = [f"seed={seed}", f"output_dir={folder}", f"resume={resume}"]
+            overrides = [f"seed={seed}", f"output_dir={folder}", "resume=true"]
             if entry.stem in teachers:
                 teacher_run = run_dir(runs, task, teachers[entry.stem], seeds[0])
                 overrides.append(f"teacher_checkpoint={teacher_run / 'model.pth'}")
@@ -486,7 +474,7 @@ def main(argv: list[str] | None = None) -> None:
     except SweepError as err:
         parser.exit(2, f"sweep: {err}\n")
     args.runs = args.runs.resolve()  # the job script works from the repository root
-    jobs = plan(args.task, entries, seeds, args.runs, resume_value())
+    jobs = plan(args.task, entries, seeds, args.runs)
     if args.submit != "none":
         options = ScriptOptions(
             launch=absolute_command(shlex.split(args.launch)), python=absolute_command(shlex.split(args.python)),

@@ -41,6 +41,7 @@ from torch import nn
 from dkl_core.attacks import autoattack_evaluation
 from dkl_train.config import ConfigError, load_config, parse_config
 from dkl_train.data import TransformedDataset, build_transform, get_spec, load_prepared
+from dkl_train.errors import report_user_errors
 from dkl_train.results import git_revision, read_results, write_json_atomic
 
 WEIGHT_LABELS = tuple(MODEL_FILES)
@@ -219,10 +220,8 @@ def write_results(out_dir: Path, entry: dict[str, Any], config: EvalConfig) -> N
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(EvalConfig, argv, description=__doc__.splitlines()[0])
-    try:
+    with report_user_errors():
         evaluate_autoattack(config)
-    except FileNotFoundError as err:
-        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -62,7 +62,10 @@ from dkl_train.averaging import (
 from dkl_train.config import ConfigError, EpochConfig, parse_config
 from dkl_train.data import TwoViews, build_datasets, build_transform, split_validation, validation_tensors
 from dkl_train.distributed import synchronised_proxy
-from dkl_train.training import Run, build_optimizer, evaluate
+from dkl_train.errors import report_user_errors
+from dkl_train.evaluation import evaluate
+from dkl_train.optim import build_optimizer
+from dkl_train.training import Run
 
 METHODS = ("pgd_at", "trades", "ikl", "gkl")
 RELEASED_BUDGETS = ("high_as_released", "high", "low")  # dkl_core.attacks.attack_schedule's names
@@ -428,10 +431,8 @@ def finish_weights(
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(AdvConfig, argv, description=__doc__.splitlines()[0])
-    try:
+    with report_user_errors():
         train(config)
-    except FileNotFoundError as err:
-        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

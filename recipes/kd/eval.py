@@ -18,8 +18,9 @@ from dkl_recipe_kd.train import KDConfig  # the recipe's schema (this folder is 
 
 from dkl_train.config import ConfigError, accelerator_precision, load_config
 from dkl_train.data import DeviceLoader, build_datasets, make_loader
+from dkl_train.errors import report_user_errors
+from dkl_train.evaluation import evaluate
 from dkl_train.results import write_json_atomic
-from dkl_train.training import evaluate
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,12 +33,16 @@ def main(argv: list[str] | None = None) -> None:
         config = load_config(KDConfig, args.config, args.overrides)
     except ConfigError as err:
         parser.exit(2, f"config error: {err}\n")
-    weights = Path(args.weights or Path(config.output_dir) / "model.pth")
-    if not weights.is_file():
-        raise SystemExit(f"error: {weights} not found; train first: make train-kd CONFIG={args.config}")
+    with report_user_errors():
+        evaluate_weights(config, args.config, Path(args.weights or Path(config.output_dir) / "model.pth"))
 
+
+def evaluate_weights(config: KDConfig, config_file: str, weights: Path) -> None:
+    """Top-1/top-5 of ``weights`` on the test set, written to ``<output_dir>/eval.json``."""
     from dkl_train.models import create_model
 
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found; train first: make train-kd CONFIG={config_file}")
     accelerator = Accelerator(
         mixed_precision=accelerator_precision(config.mixed_precision),
         dataloader_config=DataLoaderConfiguration(non_blocking=True),

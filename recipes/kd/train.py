@@ -37,15 +37,18 @@ from torch import nn
 from dkl_core import ClassPrior, dkd_loss, gkl_loss, hcl_loss, ikl_loss, kl_loss
 from dkl_train.config import ConfigError, EpochConfig, parse_config
 from dkl_train.data import build_datasets, load_prepared
+from dkl_train.errors import UserError, report_user_errors
+from dkl_train.evaluation import evaluate
 from dkl_train.models import forward_features
 from dkl_train.models.reviewkd import ReviewKDStudent, teacher_levels
-from dkl_train.training import Run, build_optimizer, evaluate
+from dkl_train.optim import build_optimizer
+from dkl_train.training import Run
 
 METHODS = ("ce", "kd", "dkd", "reviewkd", "ikl", "gkl")
 TEACHER_TARBALL = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
 
 
-class TeacherError(RuntimeError):
+class TeacherError(UserError, RuntimeError):
     """The teacher cannot be used: missing checkpoint, or it does not fit the dataset (the message says why)."""
 
 
@@ -373,14 +376,13 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     check_only = "--check" in argv
     config = parse_config(KDConfig, [a for a in argv if a != "--check"], description=__doc__.splitlines()[0])
-    try:
+    with report_user_errors():
         if check_only:
             check_inputs(config)
-            print(f"inputs of {config.output_dir} are in place")
+            teacher = f"teacher {config.teacher_checkpoint} and " if config.teacher_checkpoint else ""
+            print(f"inputs in place: {teacher}dataset {config.dataset} in {config.data_dir}")
         else:
             train(config)
-    except (TeacherError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

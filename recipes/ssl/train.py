@@ -60,10 +60,13 @@ from dkl_train.data import (
     build_transform,
     load_splits,
 )
+from dkl_train.errors import UserError, report_user_errors
+from dkl_train.evaluation import evaluate
 from dkl_train.iterations import Split, iteration_loader, split_indices
+from dkl_train.optim import iteration_learning_rate
 from dkl_train.randaugment import strong_transform, weak_transform
 from dkl_train.results import selected_by_validation
-from dkl_train.training import Run, evaluate, iteration_learning_rate
+from dkl_train.training import Run
 
 METHODS = ("fixmatch", "meanteacher")
 # The consistency loss each method was published with, and the IKL replacement.
@@ -73,7 +76,7 @@ USB_CHECKPOINT_URL = "https://github.com/microsoft/Semi-supervised-learning/rele
 UNLABELED_SEED_OFFSET = 1_000_003
 
 
-class PretrainedError(RuntimeError):
+class PretrainedError(UserError, RuntimeError):
     """The pretrained backbone cannot be used: missing file, or weights that do not fit (the message says which)."""
 
 
@@ -231,7 +234,7 @@ def build_model(config: SSLConfig, num_classes: int, log: Callable[[str], None] 
 def build_optimizer(config: SSLConfig, model: nn.Module) -> torch.optim.Optimizer:
     """timm's factory: no weight decay on biases/norms/``no_weight_decay()`` names, optional layer-wise lr decay.
 
-    Layer scales land in each group's ``lr_scale``, which :func:`~dkl_train.training.set_learning_rate` honours.
+    Layer scales land in each group's ``lr_scale``, which :func:`~dkl_train.optim.set_learning_rate` honours.
     """
     from timm.optim import create_optimizer_v2
 
@@ -419,10 +422,8 @@ def train(config: SSLConfig) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(SSLConfig, argv, description=__doc__.splitlines()[0])
-    try:
+    with report_user_errors():
         train(config)
-    except (PretrainedError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

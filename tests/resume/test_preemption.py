@@ -5,8 +5,8 @@ stopped process exits with PREEMPTED_EXIT_CODE; a run whose checkpoints are all 
 clear line. (The fallback from a damaged checkpoint is unit-tested in tests/unit/test_training.py.)
 
 The signal comes from outside at a point the test does not control, or from the run itself at a known
-step (`signal_at_step`: to the process group as a scheduler does, and once more to the main process while
-it saves). Each run starts in its own session, so the signal never reaches pytest.
+step (`preempt_at_step.py`, which runs the recipe and signals its process group as a scheduler does, then
+the main process once more while it saves). Each run starts in its own session, so the signal never reaches pytest.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from tests.resume.test_ssl_resume import ARGS as SSL_ARGS
 from tests.resume.test_ssl_resume import SCRIPT as SSL_SCRIPT
 
 SCRIPT = "recipes/kd/train.py"
+PREEMPT = "tests/resume/preempt_at_step.py"  # runs a recipe and signals it after a given optimiser step
 # IKL with the class prior (running sums per process inside an epoch), augmentation, a cosine schedule,
 # per-step losses and a data worker per loader; 2 epochs of 4 steps: step 6 is inside the second.
 ARGS = ["--config", "recipes/kd/configs/digits_resnet14_resnet8_ikl.yaml", "student=resnet8", "teacher=resnet8",
@@ -37,6 +38,12 @@ ARGS = ["--config", "recipes/kd/configs/digits_resnet14_resnet8_ikl.yaml", "stud
         "num_workers=1", "warmup_epochs=2", "log_step_losses=true", "deterministic=true", "keep_checkpoints=2",
         "evaluate_teacher=false"]  # fmt: skip
 KEYS = ["train_loss", "ikl", "ce", "step_losses", "test_top1", "test_top5", "test_loss", "lr"]
+
+
+def preempted_at(step: int, command: list[str]) -> list[str]:
+    """``[python, script, args...]`` run through ``preempt_at_step.py``: SIGTERM after optimiser step ``step``."""
+    python, script, *args = command
+    return [python, str(REPO / PREEMPT), str(step), script, *args]
 
 
 def run_in_own_group(
@@ -109,7 +116,7 @@ def test_external_sigterm_mid_period_then_resume_equals_uninterrupted(digits_dir
     assert status == PREEMPTED_EXIT_CODE, out[-3000:]
     assert "SIGTERM: stopped after optimiser step" in out and "(inside epoch 2)" in out and "Traceback" not in out
     (mid,) = (stopped / "checkpoints").glob("epoch_0001_step_*")
-    status, resumed = run_in_own_group([*command, "resume=auto"])
+    status, resumed = run_in_own_group([*command, "resume=true"])
     assert status == 0 and f"resumed from {mid} (epoch 1, step " in resumed and ", inside epoch 2)" in resumed
 
     a, b = results(straight), results(stopped)
@@ -126,7 +133,7 @@ def test_external_sigterm_mid_period_then_resume_equals_uninterrupted(digits_dir
     for checkpoint in (stopped / "checkpoints").iterdir():
         model = checkpoint / "model.safetensors"
         model.write_bytes(model.read_bytes()[:100])
-    status, out = run_in_own_group([*command, "resume=auto"])
+    status, out = run_in_own_group([*command, "resume=true"])
     assert status == 1 and "Traceback" not in out, out[-3000:]
     assert "error: no usable checkpoint to resume from" in out and "model.safetensors is 100 bytes" in out
 
@@ -139,7 +146,7 @@ def test_two_processes_sigterm_at_a_known_step_and_during_the_save(digits_dir, d
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     launch(SCRIPT, *common, f"output_dir={straight}", processes=2)
     status, out = run_in_own_group(
-        launch_command(SCRIPT, *common, f"output_dir={stopped}", "signal_at_step=5", processes=2)
+        launch_command(PREEMPT, "5", REPO / SCRIPT, *common, f"output_dir={stopped}", processes=2)
     )
     assert status != 0, out[-3000:]  # the launcher is in the signalled group too
     # The processes agree to stop one step after the first one saw the signal: after step 6, inside epoch 2.
@@ -152,7 +159,7 @@ def test_two_processes_sigterm_at_a_known_step_and_during_the_save(digits_dir, d
     assert sorted(p.name for p in mid.glob("process_state_*.pkl")) == ["process_state_0.pkl", "process_state_1.pkl"]
     assert not (stopped / "results.json").exists()
 
-    resumed = launch(SCRIPT, *common, f"output_dir={stopped}", "resume=auto", processes=2).stdout
+    resumed = launch(SCRIPT, *common, f"output_dir={stopped}", "resume=true", processes=2).stdout
     assert f"resumed from {mid} (epoch 1, step 6, inside epoch 2)" in resumed
     assert_same_run(straight, stopped)
 
@@ -170,7 +177,7 @@ def test_one_process_sigterm_at_a_known_step(digits_dir, digits_teacher, tmp_pat
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     status, out = run_in_own_group([*command, f"output_dir={straight}"])
     assert status == 0, out[-3000:]
-    status, out = run_in_own_group([*command, f"output_dir={stopped}", "signal_at_step=6"])
+    status, out = run_in_own_group(preempted_at(6, command) + [f"output_dir={stopped}"])
     assert status == PREEMPTED_EXIT_CODE, out[-3000:]
     assert "SIGTERM: stopped after optimiser step 6 (inside epoch 2)" in out and "1 more signal(s)" in out
     status, out = run_in_own_group([*command, f"output_dir={stopped}", "resume=true"])

@@ -218,7 +218,7 @@ def test_autoaugment_view_crops_and_flips_first_then_fills_grey():
 def test_released_cosine_formulas():
     import math
 
-    from dkl_train.training import learning_rate
+    from dkl_train.optim import learning_rate
 
     shifted = AdvConfig(lr=0.2, epochs=200, lr_schedule="cosine_shifted")
     # the released DKL scripts: lr/2 (1 + cos(pi e / (E + 1))) for 1-based e, set once per epoch

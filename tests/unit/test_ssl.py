@@ -25,9 +25,9 @@ from dkl_core import ikl_loss
 from dkl_train.config import ConfigError, build_config, load_config
 from dkl_train.data import TransformedDataset, TwoViews, get_spec
 from dkl_train.iterations import IterationSampler, split_indices
+from dkl_train.optim import iteration_learning_rate
 from dkl_train.randaugment import CUTOUT_FILL, strong_transform, weak_transform
 from dkl_train.results import selected_by_validation
-from dkl_train.training import iteration_learning_rate
 from tests.unit.test_models_published import random_state_dict, usb_vit_small_patch2_32
 
 CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "ssl" / "configs"

@@ -104,7 +104,7 @@ def test_seeds_are_checked():
 
 
 def test_plan_trains_an_in_table_teacher_first_and_once(tmp_path):
-    jobs = sweep.plan("kd", sweep.table_entries("kd", "digits"), [0, 1], tmp_path, resume="auto")
+    jobs = sweep.plan("kd", sweep.table_entries("kd", "digits"), [0, 1], tmp_path)
     teacher = tmp_path / "kd" / "digits_teacher_resnet14_ce" / "seed0"
     assert jobs[0].run_dir == teacher and jobs[0].stage == 0
     assert [j for j in jobs if j.entry.stem == "digits_teacher_resnet14_ce"] == jobs[:1]  # first seed only
@@ -112,17 +112,19 @@ def test_plan_trains_an_in_table_teacher_first_and_once(tmp_path):
     assert len(students) == 6 and all(f"teacher_checkpoint={teacher / 'model.pth'}" in j.overrides for j in students)
     ikl_seed1 = next(j for j in jobs if j.entry.stem == "digits_resnet14_resnet8_ikl" and j.seed == 1)
     assert ikl_seed1.run_dir == tmp_path / "kd" / "digits_resnet14_resnet8_ikl" / "seed1"
-    assert ikl_seed1.overrides[:3] == ["seed=1", f"output_dir={ikl_seed1.run_dir}", "resume=auto"]
+    assert ikl_seed1.overrides[:3] == ["seed=1", f"output_dir={ikl_seed1.run_dir}", "resume=true"]
     # Tables whose teachers are published checkpoints run every config for every seed.
     cifar = sweep.plan("kd", sweep.table_entries("kd", "cifar100"), [0, 1, 2], tmp_path)
     assert len(cifar) == 3 * len(sweep.table_entries("kd", "cifar100")) and {j.stage for j in cifar} == {1}
     assert not any(o.startswith("teacher_checkpoint=") for j in cifar for o in j.overrides)
 
 
-def test_resume_value_is_accepted_by_the_config_schema():
-    from dkl_train.config import BaseConfig, load_config
+def test_resume_auto_fails_naming_resume_true():
+    from dkl_train.config import BaseConfig, ConfigError, load_config
 
-    assert load_config(BaseConfig, None, [f"resume={sweep.resume_value()}"]).resume
+    assert load_config(BaseConfig, None, ["resume=true"]).resume
+    with pytest.raises(ConfigError, match=r"resume=auto is now resume=true, which does the same"):
+        load_config(BaseConfig, None, ["resume=auto"])
 
 
 def test_state_skips_only_runs_with_their_headline(tmp_path):

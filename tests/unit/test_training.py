@@ -11,7 +11,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
+from dkl_train.checkpoints import CheckpointError
 from dkl_train.config import EpochConfig, load_config
+from dkl_train.evaluation import evaluate
 from dkl_train.launch import (
     TrackerNotInstalledError,
     accelerate_config_file,
@@ -20,16 +22,10 @@ from dkl_train.launch import (
     launcher_options,
     unused_gpu_warning,
 )
+from dkl_train.nonfinite import NonFiniteLossError
+from dkl_train.optim import learning_rate
 from dkl_train.results import git_revision, write_json_atomic
-from dkl_train.training import (
-    PREEMPTED_EXIT_CODE,
-    CheckpointError,
-    NonFiniteLossError,
-    Run,
-    TrainingState,
-    evaluate,
-    learning_rate,
-)
+from dkl_train.training import PREEMPTED_EXIT_CODE, Run, TrainingState
 
 
 def config(**overrides) -> EpochConfig:
@@ -210,7 +206,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
     # A crash during a copy (shorter file) or garbage of the same size (only the load notices).
     state_file.write_bytes(data[:10] if damage == "truncate" else b"\0" * len(data))
     capsys.readouterr()
-    run = Run(config(output_dir=tmp_path / "run", resume="auto"))
+    run = Run(config(output_dir=tmp_path / "run", resume=True))
     assert run.resume() and (run.state.epoch, run.state.global_step) == (1, 10)
     out = capsys.readouterr().out
     reason = "is 10 bytes but" if damage == "truncate" else "custom_checkpoint_0.pkl cannot be read"
@@ -233,11 +229,11 @@ def test_no_usable_checkpoint_names_the_damaged_files(tmp_path):
     run.accelerator.end_training()
 
 
-def test_resume_auto_without_checkpoint_starts_fresh(tmp_path, capsys):
-    run = Run(config(output_dir=tmp_path / "run", resume="auto"))
+def test_resume_without_checkpoint_starts_fresh(tmp_path, capsys):
+    run = Run(config(output_dir=tmp_path / "run", resume=True))
     assert not run.resume() and run.state.global_step == 0
     out = capsys.readouterr().out
-    assert "resume=auto" in out and "holds no checkpoint, starting from scratch" in out
+    assert "resume=true" in out and "holds no checkpoint, starting from scratch" in out
     run.accelerator.end_training()
 
 
@@ -366,7 +362,7 @@ def test_a_tracker_that_is_not_installed_is_named_with_its_pip_command(tmp_path)
 
     installed = {str(t) for t in get_available_trackers()}
     absent = next(name for name in LOGGER_TYPE_TO_CLASS if name not in installed)  # the dev install has only tb
-    with pytest.raises(TrackerNotInstalledError, match=f"report_to names {absent}.*`pip install {absent}`"):
+    with pytest.raises(TrackerNotInstalledError, match=f"report_to names {absent}.*-m pip install {absent}`"):
         Run(config(output_dir=tmp_path / "run", report_to=f"[tensorboard,{absent}]"))
     assert not (tmp_path / "run").exists()  # nothing was started
 

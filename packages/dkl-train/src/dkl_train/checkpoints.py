@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +57,11 @@ def write_checkpoint(
     *,
     mid_epoch: bool,
     keep: int,
-    during_save: Callable[[], None] | None = None,
 ) -> Path:
     """Save the accelerator's state as ``checkpoint_dir/name`` atomically; keep the newest ``keep``.
 
     Every process calls it. ``counters`` (e.g. epoch and step) go into the manifest; ``mid_epoch`` also
-    saves each process's registered objects. ``during_save`` runs on the main process between the save
-    and the rename (a test knob: a signal in the middle of the save).
+    saves each process's registered objects.
     """
     final = checkpoint_dir / name
     tmp = checkpoint_dir / f"{TMP_PREFIX}{name}"
@@ -79,8 +76,6 @@ def write_checkpoint(
         torch.save(states, tmp / PROCESS_STATE.format(accelerator.process_index))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if during_save is not None:
-            during_save()
         files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
         manifest = {**counters, "mid_epoch": mid_epoch, "num_processes": accelerator.num_processes, "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))

@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import yaml
 
 from .atomic import write_text_atomic
+from .errors import UserError, record_error
 
 C = TypeVar("C")
 
@@ -44,7 +45,7 @@ C = TypeVar("C")
 FILE_BACKED_DATASETS = ("imagenet",)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that does not fit the recipe's schema (the message says how to fix it)."""
 
 
@@ -60,11 +61,19 @@ class BaseConfig:
     """
 
     recipe: ClassVar[str | None] = None  # the recipe's name (kd, adv, ssl), recorded in results.json; not a setting
+    # Settings a resumed run may change (they do not change what it computes): anything else differing from
+    # the run's config.yaml stops the resume (see dkl_train.resuming). Recipes add theirs.
+    resume_safe: ClassVar[frozenset[str]] = frozenset({
+        "output_dir", "resume", "resume_override", "report_to", "data_dir", "num_workers", "eval_batch_size",
+        "eval_subset", "keep_checkpoints", "log_every", "log_step_losses", "notes", "deterministic",
+        "cudnn_benchmark", "channels_last",
+    })  # fmt: skip
 
     # --- run ---
     output_dir: str = "runs/default"  # the run folder: config.yaml, checkpoints/, tb/, results.json
     seed: int = 0  # seeds Python, NumPy and torch on every process, and the data order
-    resume: bool | Literal["auto"] = False  # auto|true: continue from output_dir's newest checkpoint, if any
+    resume: bool = False  # continue from output_dir's newest checkpoint (a new run when it holds none)
+    resume_override: bool = False  # resume although settings that change results differ from config.yaml
     deterministic: bool = False  # torch.use_deterministic_algorithms (tests; slower on GPU)
     report_to: list[str] = dataclasses.field(default_factory=["tensorboard"].copy)  # trackers: tensorboard, wandb, ...
     # --- data ---
@@ -93,7 +102,6 @@ class BaseConfig:
     # --- limits for smoke tests and quick looks (0 = no limit) ---
     eval_subset: int = 0  # evaluate on the first N test images only
     train_subset: int = 0  # train on the first N training images only
-    signal_at_step: int = 0  # SIGTERM to the run's process group after optimiser step N (pre-emption tests)
     notes: str = ""  # free text kept with the run (config.yaml, results.json)
 
     def __post_init__(self) -> None:
@@ -125,6 +133,10 @@ class BaseConfig:
 class EpochConfig(BaseConfig):
     """A recipe that trains in epochs (KD, adversarial training): the schedule and its limits, per epoch."""
 
+    resume_safe: ClassVar[frozenset[str]] = BaseConfig.resume_safe | {
+        "epochs", "checkpoint_every", "eval_every", "stop_after_epochs"
+    }  # fmt: skip
+
     epochs: int = 240  # training epochs
     lr_schedule: Literal["multistep", "cosine", "constant"] = "multistep"  # per-epoch schedule after warm-up
     lr_milestones: list[int] = dataclasses.field(default_factory=lambda: [150, 180, 210])  # multistep: lr decay epochs
@@ -141,9 +153,11 @@ class IterationConfig(BaseConfig):
     """A recipe that trains in iterations (SSL, as USB): warm-up then cosine per iteration, periods of evaluation.
 
     :class:`~dkl_train.training.Run` counts in periods of ``eval_every_iters`` iterations (its "epochs"):
-    evaluation and checkpoints at the end of each one. :func:`~dkl_train.training.iteration_learning_rate`
+    evaluation and checkpoints at the end of each one. :func:`~dkl_train.optim.iteration_learning_rate`
     is the schedule.
     """
+
+    resume_safe: ClassVar[frozenset[str]] = BaseConfig.resume_safe | {"checkpoint_every", "stop_after_iters"}
 
     iterations: int = 204_800  # optimiser steps of the whole run
     eval_every_iters: int = 2_048  # iterations per period (evaluation and checkpoint)
@@ -367,7 +381,10 @@ def load_config(schema: type[C], path: str | Path | None = None, overrides: Sequ
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text())
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(err)}; fix the file") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path} must contain a mapping of settings, got {type(loaded).__name__}")
         values = loaded or {}
@@ -377,7 +394,19 @@ def load_config(schema: type[C], path: str | Path | None = None, overrides: Sequ
                 raise _unknown_key(key, list(fields), str(path))
     for dotted, value in parse_overrides(overrides):
         _set_dotted(values, dotted, value, schema)
+    if values.get("resume") == "auto":
+        raise ConfigError(
+            "resume=auto is now resume=true, which does the same: continue from output_dir's newest checkpoint, or "
+            "start the run when there is none"
+        )
     return build_config(schema, values)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's complaint in one line: what is wrong and where (1-based line and column)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 # ----------------------------------------------------------------------------------------------
@@ -506,6 +535,7 @@ def parse_config(schema: type[C], argv: Sequence[str] | None = None, description
     try:
         config = load_config(schema, args.config, args.overrides)
     except ConfigError as err:
+        record_error(f"config error: {err}")  # for the Makefile's wrapper of accelerate launch
         parser.exit(2, f"config error: {err}\n")
     if args.print_config:
         if int(os.environ.get("RANK", "0")) == 0:

@@ -2,18 +2,25 @@
 
 :class:`~dkl_train.training.Run` prints one line at start from :func:`launch_sources` (a launcher flag, the saved
 ``accelerate config``, an environment variable, Accelerate's detection or the run's config), warns about idle
-GPUs (:func:`unused_gpu_warning`) and refuses trackers that are not installed (:func:`check_trackers`).
+GPUs (:func:`unused_gpu_warning`), refuses trackers that are not installed (:func:`check_trackers`) and starts
+the others (:func:`start_trackers`).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .errors import UserError
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
-class TrackerNotInstalledError(ImportError):
+class TrackerNotInstalledError(UserError, ImportError):
     """A tracker named in ``report_to`` is not installed (the message gives the pip command)."""
 
 
@@ -30,8 +37,33 @@ def check_trackers(names: Iterable[str]) -> None:
     if missing:
         raise TrackerNotInstalledError(
             f"report_to names {', '.join(missing)}, which is not installed in this environment. "
-            f"Install it (`pip install {' '.join(missing)}`) or remove it from report_to (e.g. report_to=[tensorboard])."
+            f"Install it (`{sys.executable} -m pip install {' '.join(missing)}`) or remove it from report_to "
+            "(e.g. report_to=[tensorboard])."
         )
+
+
+# Trackers that name each run get the run folder's name.
+_RUN_NAME_KEYS = {"wandb": "name", "mlflow": "run_name", "swanlab": "experiment_name"}
+
+
+def start_trackers(accelerator: Accelerator, project: str, hparams: dict[str, Any], run_name: str) -> None:
+    """Start the ``report_to`` trackers and store the run's settings in each, one entry per run.
+
+    TensorBoard gets the hparams in its own event file: Accelerate's ``store_init_configuration`` there
+    (``SummaryWriter.add_hparams``) writes them into a second, time-stamped folder, which TensorBoard
+    lists as a second run.
+    """
+    init_kwargs = {tracker: {key: run_name} for tracker, key in _RUN_NAME_KEYS.items()}
+    accelerator.init_trackers(project, init_kwargs=init_kwargs)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+            for summary in hparams_summaries(hparams, metric_dict={}):
+                tracker.writer.file_writer.add_summary(summary)
+            tracker.writer.flush()
+        else:
+            tracker.store_init_configuration(hparams)
 
 
 def launcher_options(pid: int | None = None) -> dict[str, str] | None:

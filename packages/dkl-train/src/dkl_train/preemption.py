@@ -12,7 +12,6 @@ saves a mid-period checkpoint and exits with :data:`PREEMPTED_EXIT_CODE` (see
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from typing import Any
@@ -95,16 +94,3 @@ class StopSignals:
     def first_name(self) -> str:
         """The first stop signal's name, for the run's last message (the stop may come from another process)."""
         return signal.Signals(self.first).name if self.first is not None else "another process's stop signal"
-
-
-# Test knobs (``signal_at_step``): what a scheduler does, at a known step, and a second signal mid-save.
-
-
-def signal_process_group() -> None:
-    """SIGTERM to this process's whole group, as a scheduler sends it to every task of a job."""
-    os.killpg(os.getpgrp(), signal.SIGTERM)
-
-
-def signal_self() -> None:
-    """SIGTERM to this process alone (a second signal in the middle of a checkpoint save)."""
-    os.kill(os.getpid(), signal.SIGTERM)

@@ -12,8 +12,8 @@ A recipe owns its model, optimiser and loss; :class:`Run` owns everything around
   (Accelerate's ``automatic_checkpoint_naming`` writes straight into the final folder, which is why
   the folders are named here instead.) ``resume=true`` restores the newest one, RNG states included;
   the data order depends only on ``(seed, epoch)`` (see :mod:`dkl_train.data`), so the resumed run
-  continues exactly. ``resume=auto`` does the same when a checkpoint exists and starts a new run
-  otherwise (requeued cluster jobs). A damaged newest checkpoint (a missing, truncated or unreadable
+  continues exactly; without a checkpoint it starts a new run (requeued cluster jobs). What a resume
+  may change, and a finished run left alone, are :mod:`dkl_train.resuming`'s. A damaged newest checkpoint (a missing, truncated or unreadable
   file; each checkpoint lists its files and sizes in ``checkpoint.json``) is moved aside to
   ``damaged_<name>`` with a warning naming it and the previous complete checkpoint, which is loaded
   instead; when none is usable the run stops with a :class:`CheckpointError` naming each damaged file
@@ -24,19 +24,19 @@ A recipe owns its model, optimiser and loss; :class:`Run` owns everything around
   batches already done, skipped on resume; the partial epoch metrics; each process's registered
   objects, e.g. the class prior's running sums), and exit with :data:`PREEMPTED_EXIT_CODE` (143 =
   128 + SIGTERM, the status a shell reports for a job ended by SIGTERM, so job scripts treat both
-  alike: requeue with ``resume=auto``; ``accelerate launch`` itself does not pass it on). Data-loader
+  alike: requeue with ``resume=true``; ``accelerate launch`` itself does not pass it on). Data-loader
   workers ignore these signals (:func:`dkl_train.data.ignore_stop_signals`), and starting a loader's
   iterator leaves the training RNG untouched, so the resumed run equals an uninterrupted one exactly.
   Further signals during the save are noted and ignored; the save stays atomic;
-- :meth:`Run.train_epoch`: one epoch of ``compute_loss`` -> backward -> step with a progress bar on
-  the main process, a stop with a clear error on a non-finite loss, and throughput accounting. No step
+- :meth:`Run.train_steps` (:meth:`Run.train_epoch` per epoch): ``compute_loss`` -> backward -> step with a
+  progress bar on a terminal (:mod:`dkl_train.progress`), a stop with a clear error on a non-finite loss, and throughput accounting. No step
   waits for the device: the loss is checked on the device (:meth:`Run.watch_loss`) and the host reads
   the result at logging steps and at the end of the epoch (:meth:`Run.raise_if_nonfinite`), so the
   error names the first bad step and the steps run since the previous check;
 - the input pipeline: loaders from :meth:`Run.train_loader`/:meth:`Run.eval_loader` copy ``uint8``
   batches from pinned memory without blocking and normalise them on the device
   (:class:`~dkl_train.data.DeviceLoader`); ``channels_last`` and ``cudnn_benchmark`` are config options;
-- :func:`evaluate`: top-1/top-5 with ``gather_for_metrics`` (N processes give the numbers one gives);
+- :func:`~dkl_train.evaluation.evaluate`: top-1/top-5 with ``gather_for_metrics`` (N processes give the numbers one gives);
 - :meth:`Run.finish`: ``results.json`` (config, final and best metrics, per-epoch history,
   wall-clock, throughput, git revision), written atomically.
 """
@@ -55,7 +55,6 @@ import torch
 from accelerate import Accelerator, skip_first_batches
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, gather_object, set_seed
 from torch import nn
-from tqdm.auto import tqdm
 
 from .atomic import write_atomic
 from .checkpoints import (
@@ -67,70 +66,31 @@ from .checkpoints import (
     restore_checkpoint,
     write_checkpoint,
 )
-from .config import (
-    BaseConfig,
-    EpochConfig,
-    IterationConfig,
-    accelerator_precision,
-    config_to_dict,
-    flat_hparams,
-    save_config,
-)
+from .config import BaseConfig, accelerator_precision, config_to_dict, flat_hparams, save_config
 from .data import DeviceLoader, TransformedDataset, make_loader, to_device
+from .errors import UserError
+from .evaluation import evaluate
 from .launch import (
     accelerate_config_file,
     check_trackers,
     gpu_backend_on_cpu_warning,
     launch_sources,
     launcher_options,
+    start_trackers,
     unused_gpu_warning,
 )
-from .preemption import PREEMPTED_EXIT_CODE, StopSignals, signal_process_group, signal_self
+from .nonfinite import LossWatch, NonFiniteLossError, as_scalar, nonfinite_advice
+from .optim import learning_rate, set_learning_rate
+from .preemption import PREEMPTED_EXIT_CODE, StopSignals
+from .progress import progress_bar, write
 from .results import git_revision, write_json_atomic
+from .resuming import check_resumable
+
+__all__ = ["PREEMPTED_EXIT_CODE", "NonFiniteLossError", "Run", "RunExistsError", "TrainingState", "evaluate"]
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the step and the loss terms."""
-
-
-class _LossWatch:
-    """The first optimiser step whose loss was not finite, and its loss and terms, kept on the device.
-
-    :meth:`note` runs every step and only queues device operations (``torch.where`` on the flag), so the
-    host never waits for the device; :meth:`Run.raise_if_nonfinite` reads it back at a check.
-    """
-
-    def __init__(self) -> None:
-        self.names: list[str] = []  # the terms, in the order of ``values[1:]``
-        self.first: torch.Tensor | None = None  # int64: the first bad step, -1 while every loss is finite
-        self.values: torch.Tensor | None = None  # float32 [1 + len(names)]: loss and terms at that step
-        self.checked_through = 0  # the optimiser step of the previous check
-
-    def note(self, step: int, loss: torch.Tensor, terms: dict[str, Any]) -> None:
-        loss = loss.detach()
-        for name in terms:
-            if name not in self.names:
-                self.names.append(name)
-        missing = float("nan")  # a term this step did not report
-        values = torch.stack(
-            [loss.float().reshape(()), *(_scalar(terms.get(n, missing), loss.device) for n in self.names)]
-        )
-        if self.first is None:
-            self.first = torch.full((), -1, dtype=torch.int64, device=loss.device)
-            self.values = torch.full_like(values, float("nan"))
-        elif self.values.numel() < values.numel():  # a term appeared: widen the record
-            pad = torch.full((values.numel() - self.values.numel(),), float("nan"), device=loss.device)
-            self.values = torch.cat([self.values, pad])
-        new = ~torch.isfinite(loss).all() & (self.first < 0)
-        self.first = torch.where(new, step, self.first)
-        self.values = torch.where(new, values, self.values)
-
-
-def _scalar(value: Any, device: torch.device) -> torch.Tensor:
-    """A loss term as a float32 scalar on ``device``; a Python number is filled in there (a copy would block)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().float().reshape(()).to(device)
-    return torch.full((), float(value), device=device)
+class RunExistsError(UserError, FileExistsError):
+    """``output_dir`` holds another run's checkpoints and ``resume`` is off."""
 
 
 @dataclass
@@ -155,100 +115,6 @@ class TrainingState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             setattr(self, key, value)
-
-
-# ----------------------------------------------------------------------------------------------
-# Optimiser and learning rate (a pure function of the epoch, so resuming needs no scheduler state)
-
-
-def build_optimizer(config: BaseConfig, params: Iterable[Any]) -> torch.optim.Optimizer:
-    """SGD (momentum, weight decay on all parameters, as mdistiller) or AdamW, from the config."""
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.nesterov
-        )
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def learning_rate(config: EpochConfig, epoch: int) -> float:
-    """The learning rate of (0-based) ``epoch``: optional linear warm-up, then multistep / cosine / constant.
-
-    ``multistep`` multiplies by ``lr_decay_rate`` once per milestone ``m <= epoch`` (mdistiller's
-    1-based ``epoch > m``), so with milestones 150/180/210 epoch index 150 is the first decayed one.
-    """
-    if epoch < config.lr_warmup_epochs:
-        return config.lr * (epoch + 1) / config.lr_warmup_epochs
-    if config.lr_schedule == "multistep":
-        return config.lr * config.lr_decay_rate ** sum(epoch >= m for m in config.lr_milestones)
-    if config.lr_schedule == "cosine":
-        return 0.5 * config.lr * (1.0 + math.cos(math.pi * epoch / max(config.epochs, 1)))
-    if config.lr_schedule == "cosine_shifted":
-        # cos(pi * (epoch + 1) / (epochs + 1)): the per-epoch formula of the released DKL adversarial
-        # scripts (already below lr in the first epoch, above 0 in the last); recipes opt in.
-        return 0.5 * config.lr * (1.0 + math.cos(math.pi * (epoch + 1) / (config.epochs + 1)))
-    return config.lr
-
-
-def iteration_learning_rate(config: IterationConfig, iteration: int) -> float:
-    """USB's schedule at (0-based) ``iteration``: linear warm-up from 0, then ``max(0, cos(pi * cycles * progress))``."""
-    if iteration < config.warmup_iters:
-        return config.lr * iteration / max(1, config.warmup_iters)
-    progress = (iteration - config.warmup_iters) / max(1, config.iterations - config.warmup_iters)
-    return config.lr * max(0.0, math.cos(math.pi * config.lr_cycles * progress))
-
-
-def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluation
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: Iterable[dict[str, torch.Tensor]],
-    accelerator: Accelerator,
-    *,
-    input_key: str = "image",
-    progress: str | None = None,
-) -> dict[str, float]:
-    """Top-1, top-5 (%) and mean cross-entropy of ``model`` over a loader prepared by ``accelerator``.
-
-    Per-sample results go through ``gather_for_metrics``, which drops the samples Accelerate repeats
-    to give every process an equal share, so the numbers do not depend on the number of processes.
-    Works for models that were not prepared (a KD teacher): the forward runs under the accelerator's
-    autocast.
-    """
-    was_training = model.training
-    model.eval()
-    correct1, correct5, losses = [], [], []
-    batches = tqdm(loader, desc=progress, leave=False, disable=progress is None or not accelerator.is_main_process)
-    for batch in batches:
-        images, labels = batch[input_key], batch["label"]
-        with accelerator.autocast():
-            logits = model(images)
-        logits = logits.float()
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
-        hits = top.eq(labels[:, None])
-        loss = nn.functional.cross_entropy(logits, labels, reduction="none")
-        c1, c5, lo = accelerator.gather_for_metrics((hits[:, 0], hits.any(dim=1), loss))
-        correct1.append(c1.cpu())
-        correct5.append(c5.cpu())
-        losses.append(lo.cpu())
-    model.train(was_training)
-    if not correct1:
-        return {"top1": float("nan"), "top5": float("nan"), "loss": float("nan"), "samples": 0}
-    c1, c5, lo = torch.cat(correct1), torch.cat(correct5), torch.cat(losses)
-    return {
-        "top1": 100.0 * c1.float().mean().item(),
-        "top5": 100.0 * c5.float().mean().item(),
-        "loss": lo.mean().item(),
-        "samples": int(c1.numel()),
-    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,7 +164,7 @@ class Run:
         set_seed(config.seed, deterministic=config.deterministic)
         if config.cudnn_benchmark:  # fixed input sizes: time each convolution's algorithms once, keep the fastest
             torch.backends.cudnn.benchmark = True
-        self._loss_watch = _LossWatch()
+        self._loss_watch = LossWatch()
         self.stop_signals = StopSignals(self.accelerator.num_processes)  # SIGTERM/SIGUSR1 -> an agreed stop step
         world = self.accelerator.num_processes * config.gradient_accumulation_steps
         if config.batch_size % world:
@@ -307,21 +173,24 @@ class Run:
                 f"gradient_accumulation_steps = {self.accelerator.num_processes} x {config.gradient_accumulation_steps}"
             )
         self.micro_batch_size = config.batch_size // world  # per process, per forward pass
-        if self.latest_checkpoint() is not None and not config.resume:
-            raise FileExistsError(
-                f"{self.run_dir} already holds checkpoints of a run; pass resume=true to continue it, "
-                f"or choose another output_dir=..."
-            )
+        latest = self.latest_checkpoint()
+        if latest is not None:
+            if not config.resume:
+                results = self.run_dir / "results.json"
+                finished = f" (finished: {results})" if results.is_file() else ""
+                raise RunExistsError(
+                    f"{self.run_dir} already holds a run{finished}, up to checkpoint {latest.name}; pass resume=true "
+                    "to continue it, or choose another output_dir=..."
+                )
+            check_resumable(config, self.run_dir, latest, self.print)  # may end here: a finished run
         self.state = TrainingState()
         self.accelerator.register_for_checkpointing(self.state)
         self._start_time = time.perf_counter()
+        make_run_dir(self.run_dir)
         if self.accelerator.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.run_dir / "config.yaml")
-        # Trackers that name each run (wandb, mlflow, swanlab) get the run folder's name.
-        names = {"wandb": "name", "mlflow": "run_name", "swanlab": "experiment_name"}
-        init_kwargs = {tracker: {key: self.run_dir.name} for tracker, key in names.items()}
-        self.accelerator.init_trackers(tracker_name, config=flat_hparams(config), init_kwargs=init_kwargs)
+        self.tracker_dir = self.run_dir / tracker_name if "tensorboard" in config.report_to else None
+        start_trackers(self.accelerator, tracker_name, flat_hparams(config), run_name=self.run_dir.name)
 
     def _print_launch(self) -> None:
         """One line: processes, machines, device, precision and the source of each; warn about idle GPUs and a gpu
@@ -363,7 +232,7 @@ class Run:
     def print(self, *args: Any) -> None:
         """Print once (main process), above any progress bar."""
         if self.accelerator.is_main_process:
-            tqdm.write(" ".join(str(a) for a in args))
+            write(" ".join(str(a) for a in args))
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -506,13 +375,8 @@ class Run:
         micro_steps = done
         images = int(partial.get("images", 0))
         start = time.perf_counter() - float(partial.get("seconds", 0.0))
-        bar = tqdm(
-            total=total,
-            initial=done,
-            desc=f"epoch {period + 1}/{self.config.epochs}",
-            leave=False,
-            dynamic_ncols=True,
-            disable=not accelerator.is_main_process,
+        bar = progress_bar(
+            total=total, initial=done, desc=f"epoch {period + 1}/{self.config.epochs}", show=self.is_main_process
         )
         base_lr = None
         for batch in _without_rng_draw(batches(done)):
@@ -533,7 +397,7 @@ class Run:
             detached = loss.detach().float()
             micro_losses.append(detached)
             for name, value in {"loss": detached, **terms}.items():
-                value = _scalar(value, detached.device)
+                value = as_scalar(value, detached.device)
                 sums[name] = sums.get(name, torch.zeros((), device=detached.device)) + value
             if accelerator.sync_gradients:
                 self.state.global_step += 1
@@ -576,9 +440,6 @@ class Run:
         The processes agree (:class:`~dkl_train.preemption.StopSignals`): the answer is the same on every
         process, one step after the first process saw a signal, without a host-device synchronisation.
         """
-        step = self.config.signal_at_step
-        if step and self.state.global_step == step and self.is_main_process:
-            signal_process_group()  # test knob: what a scheduler does, at a known step
         return self.stop_signals.agreed(wait=False)
 
     def preempt(self, epoch: int, progress: dict[str, Any]) -> NoReturn:
@@ -595,8 +456,7 @@ class Run:
         ignored = f"; {signals.extra} more signal(s) after the first were ignored" if signals.extra else ""
         self.print(
             f"{signals.first_name}: stopped after optimiser step {self.state.global_step} (inside epoch {epoch + 1}); "
-            f"checkpoint {path}{ignored}. Exiting with status {PREEMPTED_EXIT_CODE}; continue with resume=auto "
-            "(or resume=true)."
+            f"checkpoint {path}{ignored}. Exiting with status {PREEMPTED_EXIT_CODE}; continue with resume=true."
         )
         self.accelerator.end_training()
         self.stop_signals.restore()  # (signals until here are still only counted)
@@ -627,15 +487,11 @@ class Run:
         """
         watch = self._loss_watch
         checked_from, watch.checked_through = watch.checked_through, self.state.global_step
-        if watch.first is None:
+        found = watch.first_bad(self.accelerator)
+        if found is None:
             return
-        firsts = self.accelerator.gather(watch.first[None]).tolist()
-        values = self.accelerator.gather(watch.values[None]).tolist()
-        bad = [(step, row) for step, row in zip(firsts, values, strict=True) if step >= 0]
-        if not bad:
-            return
-        step, row = min(bad, key=lambda item: item[0])
-        shown = ", ".join(f"{name}={value:.4g}" for name, value in zip(watch.names, row[1:], strict=False))
+        step, terms, loss = found
+        shown = ", ".join(f"{name}={value:.4g}" for name, value in terms.items())
         last = self.latest_checkpoint()
         checked = (
             f"; found at the check after step {self.state.global_step} (losses are checked at logging steps, "
@@ -645,9 +501,9 @@ class Run:
             else ""
         )
         raise NonFiniteLossError(
-            f"non-finite loss {row[0]:.4g} at epoch {epoch + 1}, optimiser step {step} (terms: {shown or 'none'})"
+            f"non-finite loss {loss:.4g} at epoch {epoch + 1}, optimiser step {step} (terms: {shown or 'none'})"
             f"{checked}. Nothing was saved for this epoch; the last good checkpoint is {last if last else 'none'}. "
-            "Lower the learning rate or the loss weights, or try mixed_precision=no."
+            + nonfinite_advice(self.config.lr, self.accelerator.mixed_precision)
         )
 
     def check_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], epoch: int) -> None:
@@ -711,10 +567,6 @@ class Run:
         :meth:`stop_requested`).
         """
         mid_epoch = self.state.partial is not None
-        during_save = None
-        if self.config.signal_at_step and self.stop_signals.received:
-            during_save = signal_self  # test knob: a second signal in the middle of the save
-
         return write_checkpoint(
             self.accelerator,
             self.checkpoint_dir,
@@ -722,11 +574,10 @@ class Run:
             {"epoch": self.state.epoch, "global_step": self.state.global_step},
             mid_epoch=mid_epoch,
             keep=self.config.keep_checkpoints,
-            during_save=during_save,
         )
 
     def resume(self) -> bool:
-        """With ``resume=true`` or ``resume=auto``, load the newest usable checkpoint (model, optimiser, RNG,
+        """With ``resume=true``, load the newest usable checkpoint (model, optimiser, RNG,
         registered objects, counters, position inside the epoch).
 
         Call it after ``prepare`` and after registering every object. Returns whether a checkpoint was
@@ -818,10 +669,27 @@ class Run:
             "versions": _versions(),
             **(extra or {}),
         }
+        results = self.run_dir / "results.json"
         if self.accelerator.is_main_process:
-            write_json_atomic(payload, self.run_dir / "results.json")
+            write_json_atomic(payload, results)
         self.accelerator.end_training()
+        self.print(f"results: {results}")
+        if self.tracker_dir is not None:
+            self.print(f"TensorBoard: {self.tracker_dir} (.venv/bin/tensorboard --logdir {self.tracker_dir})")
+        self.print(f"report (mean +- std over the runs beside it): make report RUNS={self.run_dir.parent}")
         return payload
+
+
+def make_run_dir(run_dir: Path) -> None:
+    """Create the run folder (every process: they may not share a file system) or say why it cannot be written."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write_test_{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise UserError(f"cannot write the run folder {run_dir} ({reason}); choose a writable output_dir=...") from None
 
 
 def _without_rng_draw(batches: Iterable[Any]) -> Iterator[Any]:

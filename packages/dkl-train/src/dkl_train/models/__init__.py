@@ -25,7 +25,14 @@ from typing import Any
 from torch import nn
 
 from . import cifar_resnet, cifar_resnet50, cifar_vgg, cifar_wrn, mobilenetv2, robust_wrn, shufflenet, vit  # noqa: F401
-from .checkpoint import CheckpointMismatchError, LoadReport, extract_state_dict, load_checkpoint, read_checkpoint
+from .checkpoint import (
+    CheckpointMismatchError,
+    CheckpointReadError,
+    LoadReport,
+    extract_state_dict,
+    load_checkpoint,
+    read_checkpoint,
+)
 from .features import Features, forward_features
 from .imagenet import TIMM_PREFIX, create_timm_model
 from .registry import get_factory, register_model, registered_names
@@ -77,6 +84,7 @@ def list_models() -> list[str]:
 
 __all__ = [
     "CheckpointMismatchError",
+    "CheckpointReadError",
     "Features",
     "LoadReport",
     "create_model",

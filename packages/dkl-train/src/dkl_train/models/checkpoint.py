@@ -17,6 +17,7 @@ a shape mismatch is always an error that names the key and both shapes.
 from __future__ import annotations
 
 import warnings
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from ..errors import UserError
 
 # Containers tried in this order when ``key`` is not given.
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model")
@@ -35,8 +38,12 @@ StateDict = dict[str, torch.Tensor]
 Adapter = Callable[[StateDict, nn.Module], tuple[StateDict, list[str]]]
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(UserError, RuntimeError):
     """The checkpoint does not fit the model: missing/unexpected keys or wrong shapes (all listed)."""
+
+
+class CheckpointReadError(UserError, RuntimeError):
+    """The checkpoint file cannot be read: damaged or truncated, or it needs ``weights_only=False``."""
 
 
 @dataclass
@@ -92,12 +99,24 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=weights_only)
     except Exception as error:
-        if not weights_only:
-            raise
-        raise RuntimeError(
-            f"could not read {path} with weights_only=True ({error}). If you trust this file, "
-            "pass weights_only=False to load_checkpoint/read_checkpoint."
+        if not weights_only or not _readable_container(path):
+            raise CheckpointReadError(
+                f"cannot read {path} ({path.stat().st_size:,} bytes): the file is damaged or truncated, or not a "
+                f"PyTorch checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:200]}). Download or copy "
+                "it again"
+            ) from error
+        raise CheckpointReadError(
+            f"{path} holds objects that weights_only=True does not unpickle ({str(error).splitlines()[0][:200]}). "
+            "If you trust this file, pass weights_only=False to load_checkpoint/read_checkpoint"
         ) from error
+
+
+def _readable_container(path: Path) -> bool:
+    """Whether ``path`` is a whole ``torch.save`` file: a complete zip archive, or a legacy pickle stream."""
+    if zipfile.is_zipfile(path):
+        return True
+    with path.open("rb") as file:
+        return file.read(1) == b"\x80"  # the pickle protocol opcode of torch's legacy format
 
 
 def _is_state_dict(obj: Any) -> bool:

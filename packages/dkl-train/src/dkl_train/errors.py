@@ -1,0 +1,52 @@
+"""Errors the user can fix (a setting, a missing or damaged file, a diverged run), reported in one line.
+
+Every command line of the recipes runs its work inside :func:`report_user_errors`: a :class:`UserError`
+(or a missing or unwritable file) ends the process with ``error: <message>`` as its last line and exit
+status :data:`USER_ERROR_EXIT_CODE`, without a traceback (``DEBUG=1`` shows one). Any other exception is
+a bug and keeps its traceback.
+
+``accelerate launch`` reports a failed process with a traceback of its own, after the process's
+message. When ``DKL_ERROR_FILE`` names a file (the Makefile's launcher wrapper, ``tools/last_error.py``,
+sets it), the first message is also written there, so the wrapper can repeat it as the very last line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+USER_ERROR_EXIT_CODE = 2  # as argparse's usage errors
+
+
+class UserError(Exception):
+    """Something the user can fix; the message says what is wrong and how to fix it."""
+
+
+@contextmanager
+def report_user_errors() -> Iterator[None]:
+    """Turn a :class:`UserError`, ``FileNotFoundError`` or ``PermissionError`` into one line and exit status 2."""
+    try:
+        yield
+    except (UserError, FileNotFoundError, PermissionError) as err:
+        if os.environ.get("DEBUG", "") not in ("", "0"):
+            raise
+        message = f"error: {err}"
+        record_error(message)
+        sys.stdout.flush()
+        print(message, file=sys.stderr, flush=True)
+        raise SystemExit(USER_ERROR_EXIT_CODE) from None
+
+
+def record_error(message: str) -> None:
+    """Write the first error of the run to ``$DKL_ERROR_FILE`` (if set); later ones (other processes) are dropped."""
+    path = os.environ.get("DKL_ERROR_FILE")
+    if not path:
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError:
+        return
+    with os.fdopen(fd, "w") as file:
+        file.write(message + "\n")
