@@ -42,6 +42,7 @@ from dkl_core.attacks import autoattack_evaluation
 from dkl_train.config import ConfigError, load_config, parse_config
 from dkl_train.data import TransformedDataset, build_transform, get_spec, load_prepared
 from dkl_train.errors import report_user_errors
+from dkl_train.progress import say
 from dkl_train.results import git_revision, read_results, write_json_atomic
 
 WEIGHT_LABELS = tuple(MODEL_FILES)
@@ -173,6 +174,7 @@ def evaluate_autoattack(config: EvalConfig) -> dict[str, Any]:
         result = autoattack_evaluation(
             model, data, eps=settings["eps"], norm=config.norm, version=config.version,
             batch_size=config.batch_size, seed=config.seed, progress_path=progress,
+            progress=say(f"AutoAttack {label}") if state.is_main_process else None,
         )  # fmt: skip
         seconds = time.perf_counter() - start
         report[label] = {

@@ -39,6 +39,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from accelerate import PartialState
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
@@ -65,6 +66,7 @@ from dkl_train.distributed import synchronised_proxy
 from dkl_train.errors import report_user_errors
 from dkl_train.evaluation import evaluate
 from dkl_train.optim import build_optimizer
+from dkl_train.progress import interactive, say
 from dkl_train.training import Run
 
 METHODS = ("pgd_at", "trades", "ikl", "gkl")
@@ -388,7 +390,10 @@ def should_validate(config: AdvConfig, epoch: int) -> bool:
 def robust_validation(config: AdvConfig, model: nn.Module, images: Tensor, labels: Tensor) -> dict[str, float]:
     """Clean and PGD-20 accuracy (%) on the held-out training images (every process calls it: a collective)."""
     steps = config.robust_val_steps
-    result = robust_accuracy(model, images, labels, eps=config.eps, steps=steps, batch_size=config.eval_batch_size)
+    result = robust_accuracy(
+        model, images, labels, eps=config.eps, steps=steps, batch_size=config.eval_batch_size,
+        progress=say("validation") if interactive() and PartialState().is_main_process else None,
+    )  # fmt: skip
     return {"val_clean_top1": 100.0 * result.clean_accuracy, f"val_pgd{steps}_top1": 100.0 * result.robust_accuracy}
 
 

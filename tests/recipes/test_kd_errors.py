@@ -65,24 +65,27 @@ def test_class_count_mismatch_says_what_to_do(tmp_path, digits_dir, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["method=kd", "dataset=digits", f"data_dir={digits_dir}", "teacher=resnet8", "student=resnet8",
               f"teacher_checkpoint={path}", f"output_dir={tmp_path / 'run'}"])  # fmt: skip
-    message = str(exit_info.value)
+    message = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message.startswith("error: ") and "Traceback" not in message
     assert "with 10 classes (digits)" in message and "cannot teach this student" in message
     assert not (tmp_path / "run").exists()  # failed before creating a run folder
 
 
-def test_missing_dataset_gives_the_make_command(tmp_path, digits_teacher):
+def test_missing_dataset_gives_the_make_command(tmp_path, digits_teacher, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["method=kd", "dataset=digits", f"data_dir={tmp_path}", "teacher=resnet8",
               f"teacher_checkpoint={digits_teacher}", f"output_dir={tmp_path / 'run'}"])  # fmt: skip
-    assert f"make data DATASET=digits DATA_DIR={tmp_path}" in str(exit_info.value)
+    assert exit_info.value.code == 2
+    assert f"make data DATASET=digits DATA_DIR={tmp_path}" in capsys.readouterr().err.splitlines()[-1]
 
 
-def test_missing_teacher_says_where_to_get_it(tmp_path):
+def test_missing_teacher_says_where_to_get_it(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         # --check is what `make reproduce-kd` runs first, outside `accelerate launch`.
         main(["--check", "--config", "recipes/kd/configs/cifar100_resnet32x4_resnet8x4_ikl.yaml",
               f"teacher_checkpoint={tmp_path}/none.pth"])  # fmt: skip
-    message = str(exit_info.value)
+    message = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message.startswith("error: teacher checkpoint")
     assert (
         "cifar_teachers.tar" in message and "data/teachers/cifar_teachers/<name>_vanilla/ckpt_epoch_240.pth" in message
     )

@@ -10,15 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dkl_recipe_ssl.train import (
-    PretrainedError,
-    SSLConfig,
-    build_model,
-    confidence_mask,
-    consistency_loss,
-    ssl_loss,
-    unsup_ramp,
-)
+from dkl_recipe_ssl.losses import confidence_mask, consistency_loss, ssl_loss, unsup_ramp
+from dkl_recipe_ssl.train import PretrainedError, SSLConfig, build_model
 from PIL import Image
 
 from dkl_core import ikl_loss

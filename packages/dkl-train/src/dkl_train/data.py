@@ -41,6 +41,7 @@ from torchvision.transforms import v2
 
 from .atomic import replace_folder
 from .config import ConfigError
+from .progress import interactive
 from .specs import DATASETS, DatasetSpec, get_spec, sample_seed
 
 SPLITS = ("train", "test")
@@ -77,6 +78,10 @@ def _save_atomically(dataset_dict: Any, out_dir: Path) -> Path:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
+    from datasets.utils.logging import disable_progress_bar
+
+    if not interactive():  # no carriage-return bars in logs
+        disable_progress_bar()
     dataset_dict.save_to_disk(str(tmp))
     return replace_folder(tmp, out_dir)
 

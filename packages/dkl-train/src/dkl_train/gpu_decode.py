@@ -42,7 +42,8 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -366,18 +367,51 @@ def decode_batch(items: Sequence[torch.Tensor], device: torch.device) -> list[to
         if item.dim() == 3:
             out[i] = item.to(device, non_blocking=True)
     if encoded:
-        try:
-            decoded = decode_jpeg([items[i] for i in encoded], mode=ImageReadMode.RGB, device=device)
-        except RuntimeError:
-            decoded = []
-            for i in encoded:
-                try:
-                    decoded.append(decode_jpeg(items[i], mode=ImageReadMode.RGB, device=device))
-                except RuntimeError:
-                    decoded.append(host_decode(items[i].numpy().tobytes()).to(device))
+        with _decode_stream(device) as finish:
+            try:
+                decoded = decode_jpeg([items[i] for i in encoded], mode=ImageReadMode.RGB, device=device)
+            except RuntimeError:
+                decoded = []
+                for i in encoded:
+                    try:
+                        decoded.append(decode_jpeg(items[i], mode=ImageReadMode.RGB, device=device))
+                    except RuntimeError:
+                        decoded.append(host_decode(items[i].numpy().tobytes()).to(device))
+            finish(decoded)
         for i, image in zip(encoded, decoded):
             out[i] = image
     return out  # type: ignore[return-value]
+
+
+_SIDE_STREAMS: dict[torch.device, Any] = {}
+
+
+@contextmanager
+def _decode_stream(device: torch.device) -> Iterator[Callable[[list[torch.Tensor]], None]]:
+    """On CUDA, run the decode on a stream of its own, then hand its outputs to the current stream.
+
+    torchvision's CUDA ``decode_jpeg`` allocates its outputs on the caller's stream but writes them from
+    a private nvJPEG stream that does not wait for the caller's queued work. On the training stream the
+    caching allocator may hand it a block that kernels of the previous step, still queued (the loop never
+    waits for the device), are going to read: they then read decoded pixels instead of their activations,
+    and the loss turns NaN within a few steps. A side stream's pool only holds blocks that no queued
+    training kernel reads (each output is recorded on the training stream before it is used there).
+    Elsewhere (CPU) nothing changes.
+    """
+    if device.type != "cuda":
+        yield lambda outputs: None
+        return
+    device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+    main = torch.cuda.current_stream(device)
+    side = _SIDE_STREAMS.setdefault(device, torch.cuda.Stream(device))
+
+    def finish(outputs: list[torch.Tensor]) -> None:
+        main.wait_stream(side)
+        for tensor in outputs:
+            tensor.record_stream(main)  # freed later, the block waits for the training stream's use of it
+
+    with torch.cuda.stream(side):
+        yield finish
 
 
 def pack(sizes: Sequence[tuple[int, int]]) -> tuple[list[tuple[int, int]], int, int]:

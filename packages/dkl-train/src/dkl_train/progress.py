@@ -7,7 +7,7 @@ lines), so logs stay readable with ``less`` and ``grep``.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
@@ -31,3 +31,12 @@ def write(message: str) -> None:
     """Print a line above any progress bar (flushed: logs of long runs show it at once)."""
     tqdm.write(message)
     sys.stdout.flush()
+
+
+def say(prefix: str) -> Callable[[str], None]:
+    """A ``progress`` callback for long evaluations (AutoAttack, PGD): each report as one line, ``prefix: report``.
+
+    Lines rather than a bar, on a terminal and in a log alike: each line is a stage (an attack on a chunk)
+    that can take minutes, and a log keeps every one of them.
+    """
+    return lambda report: write(f"{prefix}: {report}")

@@ -676,7 +676,8 @@ class Run:
         self.print(f"results: {results}")
         if self.tracker_dir is not None:
             self.print(f"TensorBoard: {self.tracker_dir} (.venv/bin/tensorboard --logdir {self.tracker_dir})")
-        self.print(f"report (mean +- std over the runs beside it): make report RUNS={self.run_dir.parent}")
+        report = self.run_dir.parent / "REPORT.md"
+        self.print(f"report: {report}, mean +- std over the runs beside this one (make report RUNS={report.parent})")
         return payload
 
 

@@ -27,7 +27,9 @@ draw.
 from __future__ import annotations
 
 import os
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,6 +162,7 @@ def autoattack_evaluation(
     seed: int = 0,
     progress_path: str | os.PathLike | None = None,
     attacks: list[str] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> AutoAttackResult:
     """Clean accuracy, AutoAttack robust accuracy and the per-attack breakdown of ``model``.
 
@@ -194,6 +197,10 @@ def autoattack_evaluation(
         attacks: only with ``version="custom"``: the attacks to run, in order, from
             ``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab``, ``fab-t``, ``square`` (pyautoattack's
             defaults for each); for quick checks, never for reported numbers.
+        progress: called with one line after each attack on each chunk of this process (the
+            chunk, the attack, the samples still robust, the time spent), and for each chunk
+            taken from ``progress_path``; e.g. ``print``. ``None``: silent (AutoAttack's own
+            output stays off either way).
 
     Example:
         >>> result = autoattack_evaluation(model, x_test, y_test, eps=8 / 255)  # doctest: +SKIP
@@ -227,7 +234,9 @@ def autoattack_evaluation(
         )
         names = list(adversary.attacks_to_run)
         checked = False
-        for index in mine:
+        start = time.perf_counter()
+        for done, index in enumerate(mine, start=1):
+            where = f"chunk {done}/{len(mine)}"
             images, targets = source.chunk(index)
             images, targets = images.to(device=device, dtype=torch.float32), targets.to(device).long()
             checksum = _checksum(images.cpu(), targets.cpu())
@@ -237,12 +246,21 @@ def autoattack_evaluation(
                         f"chunk {index} of the data differs from the one recorded in {path}; "
                         "delete the progress file to evaluate these data"
                     )
+                if progress is not None:
+                    progress(f"{where}: done before, taken from {path}")
                 continue
             check_images_labels(images, targets)
             if not checked:
                 _run_checks(net, images, targets, names, adversary)
                 checked = True
-            records[index] = _evaluate_chunk(net, adversary, names, images, targets, eps, norm)
+            report = None
+            if progress is not None:
+
+                def report(name: str, robust: int, total: int, where: str = where) -> None:
+                    elapsed = time.perf_counter() - start
+                    progress(f"{where}: after {name}, {robust}/{total} still robust ({elapsed:.0f} s so far)")
+
+            records[index] = _evaluate_chunk(net, adversary, names, images, targets, eps, norm, report)
             records[index]["checksum"] = checksum
             if path is not None:
                 _save_progress(_rank_path(path, rank, world_size), settings, records)
@@ -288,11 +306,17 @@ def _evaluate_chunk(
     labels: torch.Tensor,
     eps: float,
     norm: str,
+    report: Callable[[str, int, int], None] | None = None,
 ) -> dict:
-    """Clean pass, then each attack on the still-robust samples of the chunk; flags after each step (on CPU)."""
+    """Clean pass, then each attack on the still-robust samples of the chunk; flags after each step (on CPU).
+
+    ``report(stage, robust, samples)`` after the clean pass and after each attack.
+    """
     with torch.no_grad():
         robust = net(images).argmax(dim=1) == labels
         record = {"clean": robust.cpu().clone(), "after": {}}
+        if report is not None:
+            report("the clean pass", int(robust.sum()), labels.numel())
         for name in attacks:
             remaining = robust.nonzero().flatten()
             if remaining.numel() > 0:
@@ -301,6 +325,8 @@ def _evaluate_chunk(
                 fooled = net(adv).argmax(dim=1) != labels[remaining]
                 robust[remaining[fooled]] = False
             record["after"][name] = robust.cpu().clone()
+            if report is not None:
+                report(name, int(record["after"][name].sum()), labels.numel())
     return record
 
 

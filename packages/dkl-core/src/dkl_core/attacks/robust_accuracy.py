@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,7 @@ def robust_accuracy(
     batch_size: int = 256,
     random_start: str = "uniform",
     seed: int = 0,
+    progress: Callable[[str], None] | None = None,
 ) -> RobustAccuracy:
     """Clean and PGD-``steps`` (``attack="pgd"``, cross-entropy) or CW-``steps`` (``attack="cw"``) robust accuracy.
 
@@ -58,6 +60,8 @@ def robust_accuracy(
         batch_size: images per attack batch (and per chunk of the split).
         random_start: ``"uniform"`` (default; uniform in the ball), ``"normal"`` or ``"none"``.
         seed: base seed of the random starts.
+        progress: called with one line after each batch of this process (e.g. ``print``, or a
+            progress bar's update); ``None``: silent.
     """
     if attack not in ("pgd", "cw"):
         raise ValueError(f"attack must be 'pgd' or 'cw', got {attack!r}")
@@ -69,8 +73,9 @@ def robust_accuracy(
     device = model_device(model)
     loss = "ce" if attack == "pgd" else "cw"
     counts = torch.zeros(3, dtype=torch.long)  # clean correct, robust correct, samples
+    mine = shard(source.num_chunks, rank, world_size)
     with float32_eval(model) as net:
-        for index in shard(source.num_chunks, rank, world_size):
+        for done, index in enumerate(mine, start=1):
             images, targets = source.chunk(index)
             images, targets = images.to(device=device, dtype=torch.float32), targets.to(device).long()
             check_images_labels(images, targets)
@@ -87,6 +92,10 @@ def robust_accuracy(
             counts[0] += int((clean_logits.argmax(dim=1) == targets).sum())
             counts[1] += int((adv_pred == targets).sum())
             counts[2] += targets.shape[0]
+            if progress is not None:
+                progress(
+                    f"{attack.upper()}-{steps}: batch {done}/{len(mine)}, robust {int(counts[1])}/{int(counts[2])} so far"
+                )
     total = torch.stack([torch.as_tensor(c) for c in gather_objects(counts)]).sum(dim=0)
     return RobustAccuracy(
         clean_accuracy=int(total[0]) / int(total[2]),
