@@ -28,7 +28,8 @@ from benchmarks._common import device_name, synchronize, time_side_by_side, writ
 
 def make_step(method, model, images, labels, device, dtype):
     """A closure running one full training step of ``method`` with the recipe's functions."""
-    from dkl_recipe_adv.train import AdvConfig, epoch_attack, step_loss
+    from dkl_recipe_adv.attack import epoch_attack
+    from dkl_recipe_adv.train import AdvConfig, step_loss
 
     from dkl_core import ClassPrior
     from dkl_core.attacks import AdversarialWeightPerturbation

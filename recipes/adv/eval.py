@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from dkl_recipe_adv.train import MODEL_FILES, AdvConfig
+from dkl_recipe_adv.train import AdvConfig
+from dkl_recipe_adv.weights import MODEL_FILES
 from torch import nn
 
 from dkl_core.attacks import autoattack_evaluation
@@ -138,7 +139,7 @@ def candidates(config: EvalConfig) -> tuple[Path, dict[str, Any], list[tuple[str
     path = Path(config.checkpoint)
     if not path.is_file():
         raise FileNotFoundError(
-            f"checkpoint {path} not found. RobustBench's Cui2023Decoupled_* files: download them with "
+            f"checkpoint {path} not found. RobustBench's Cui2023Decoupled_* / Cui2020Learnable_* files: download them with "
             "robustbench.utils.load_model(...) or from the model zoo links, then pass checkpoint=PATH"
         )
     model = load_model(

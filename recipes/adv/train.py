@@ -1,4 +1,4 @@
-"""Adversarial training with the DKL loss family: ikl, gkl (the papers), trades and pgd_at (baselines).
+"""Adversarial training with the DKL loss family: ikl, gkl (the papers), trades, lbgat and pgd_at (baselines).
 
     accelerate launch recipes/adv/train.py --config recipes/adv/configs/cifar10_wrn34_ikl.yaml
 
@@ -9,6 +9,8 @@ adversarial images, both carrying gradients; ``y`` = labels; every loss from dkl
 - ``ikl``:    ``CE(t, y) + mse_weight * wMSE(s, t; prior[y]) + ce_weight * sCE(s, t)`` (NeurIPS code).
 - ``gkl``:    as ``ikl`` with ``prior[y] ** gamma`` and wMSE normalised by the weight mass (TPAMI code).
 - ``trades``: ``CE(t, y) + trades_beta * KL(t || s)`` (Zhang et al. 2019).
+- ``lbgat``:  ``MSE(s, n) + CE(n, y) + trades_beta * KL(t || s)``, ``n`` = logits of a natural model trained
+  beside the robust one by the same optimiser (Cui et al. 2021; :mod:`dkl_recipe_adv.lbgat`).
 - ``pgd_at``: ``CE(s, y)`` (Madry et al. 2018).
 
 Each step: the attack of the epoch (``eps_t = eps * epoch / epochs``; ``budget``: one of dkl-core's
@@ -19,15 +21,17 @@ for CIFAR-100, CE for pgd_at); from epoch ``awp_warmup_epochs`` the weights are 
 before the update and restored after the optimiser step; the class prior accumulates
 ``softmax(t / weight_temperature)`` over the epoch (all-reduced at its end, used during the next).
 
-Augmentation: ``basic`` (crop + flip) or ``autoaug`` (a second view: crop, flip, then torchvision's
-AutoAugment CIFAR-10 policy with grey fill; both views are attacked; natural CE over both views,
-the augmented view's adversarial term weighted ``autoaug_weight``; class prior from the basic view).
+Augmentation (:mod:`dkl_recipe_adv.views`): ``basic`` (crop + flip) or ``autoaug`` (a second view: crop,
+flip, then torchvision's AutoAugment CIFAR-10 policy with grey fill; both views are attacked; natural CE
+over both views, the augmented view's adversarial term weighted ``autoaug_weight``; class prior from the
+basic view).
 
 Weights: ``model.pth``, and (:mod:`dkl_train.averaging`) ``model_avg.pth``, the released models'
 average over per-epoch weights (``checkpoint_average``), and ``model_ema.pth``, an in-loop EMA
 (``ema_decay > 0``). Per-epoch validation: clean top-1 on the test set, and (opt-in,
 ``robust_val_size > 0``) clean + PGD-20 accuracy on images held out of the *training* set, so robust
 overfitting shows up while it happens. Robustness claims come from ``recipes/adv/eval.py`` (AutoAttack).
+lbgat also saves its natural model, ``model_natural.pth``.
 """
 
 from __future__ import annotations
@@ -39,39 +43,24 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from accelerate import PartialState
+from dkl_recipe_adv.attack import adversarial_images, epoch_attack
+from dkl_recipe_adv.lbgat import boundary_guidance, finish_natural, set_first_epoch_lr, with_natural_model
+from dkl_recipe_adv.views import train_transform
+from dkl_recipe_adv.weights import finish_weights, robust_validation, should_validate
 from torch import Tensor, nn
-from torchvision.transforms import v2
 
 from dkl_core import ClassPrior, gkl_loss, ikl_loss, kl_loss
-from dkl_core.attacks import (
-    AdversarialWeightPerturbation,
-    AttackSchedule,
-    attack_schedule,
-    ikl_attack_loss,
-    pgd,
-    ramped_epsilon,
-    robust_accuracy,
-)
-from dkl_train.averaging import (
-    CheckpointAverage,
-    average_bn_buffers,
-    ema_model,
-    natural_batches,
-    recompute_bn_statistics,
-)
+from dkl_core.attacks import AdversarialWeightPerturbation, AttackSchedule
+from dkl_train.averaging import CheckpointAverage, ema_model
 from dkl_train.config import ConfigError, EpochConfig, parse_config
-from dkl_train.data import TwoViews, build_datasets, build_transform, split_validation, validation_tensors
+from dkl_train.data import build_datasets, split_validation, validation_tensors
 from dkl_train.distributed import synchronised_proxy
 from dkl_train.errors import report_user_errors
 from dkl_train.evaluation import evaluate
 from dkl_train.optim import build_optimizer
-from dkl_train.progress import interactive, say
 from dkl_train.training import Run
 
-METHODS = ("pgd_at", "trades", "ikl", "gkl")
-RELEASED_BUDGETS = ("high_as_released", "high", "low")  # dkl_core.attacks.attack_schedule's names
-MODEL_FILES = {"raw": "model.pth", "checkpoint_average": "model_avg.pth", "ema": "model_ema.pth"}
+METHODS = ("pgd_at", "trades", "lbgat", "ikl", "gkl")
 
 
 @dataclass
@@ -90,7 +79,7 @@ class AdvConfig(EpochConfig):
     # lr/2 (1 + cos(pi (e - 1) / E)), the released TRADES script's (dkl_train.training.learning_rate)
     lr_schedule: Literal["multistep", "cosine", "cosine_shifted", "constant"] = "cosine"
     keep_checkpoints: int = 1
-    method: Literal["ikl", "gkl", "trades", "pgd_at"] = "ikl"  # ikl / gkl, or the trades / pgd_at baselines
+    method: Literal["ikl", "gkl", "trades", "lbgat", "pgd_at"] = "ikl"  # ikl / gkl, or the baselines
     model: str = "wrn_34_10"  # wrn_34_10 | wrn_28_10_silu | any dkl_train.models name (digits: resnet8)
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # architecture options for create_model
     # --- loss ---
@@ -99,7 +88,10 @@ class AdvConfig(EpochConfig):
     weight_temperature: float = 4.0  # T of the class prior's softmax (the released scripts' --T)
     gamma: float = 1.0  # gkl: prior ** gamma
     compile_loss: bool = False  # the outer ikl/gkl loss through torch.compile (fewer kernels on a GPU)
-    trades_beta: float = 6.0  # trades: KL weight
+    trades_beta: float = 6.0  # trades and lbgat: weight of KL(f(x) || f(x_adv)) (LBGAT0: 0, LBGAT6: 6)
+    natural_model: str = "resnet18_lbgat"  # lbgat: the natural model trained beside the robust one
+    natural_model_kwargs: dict[str, Any] = field(default_factory=dict)  # lbgat: its architecture options
+    lr_first_epoch: float | None = None  # the first epoch's learning rate (LBGAT as released: 0.02), then lr_schedule
     # --- attack used for training ---
     eps: float = 8 / 255  # L-inf radius of the training attack
     eps_ramp: bool = True  # eps_t = eps * epoch / epochs (released code); false: eps from the first epoch
@@ -137,6 +129,10 @@ class AdvConfig(EpochConfig):
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.attack_loss == "ikl" and self.method not in ("ikl", "gkl"):
             raise ConfigError("attack_loss=ikl uses the class prior, which only ikl/gkl keep")
+        if self.method == "lbgat" and (self.awp or self.augmentation != "basic"):
+            raise ConfigError("method=lbgat trains without AWP on the basic view: set awp=false augmentation=basic")
+        if self.lr_first_epoch is not None and self.lr_first_epoch <= 0:
+            raise ConfigError(f"lr_first_epoch must be positive (or null for none), got {self.lr_first_epoch}")
         if self.awp and self.gradient_accumulation_steps != 1:
             # AWP's direction is computed from one batch before the update; with accumulation it would
             # see only the first micro-batch and perturb the attack of the others.
@@ -148,80 +144,6 @@ class AdvConfig(EpochConfig):
 
 
 # ----------------------------------------------------------------------------------------------
-# Data: inputs in [0, 1], the AutoAugment view
-
-
-AUTOAUG_FILL = 128  # grey fill of the geometric AutoAugment ops (the released policy's fill colour)
-
-
-def autoaugment_view(basic: v2.Compose) -> v2.Compose:
-    """``basic``'s crop and flip, then the AutoAugment CIFAR-10 policy (fill 128), then the tensor conversion.
-
-    The released pipeline's order: the policy sees the cropped, flipped image, so its rotations and
-    translations fill with grey next to the crop's black padding.
-    """
-    steps = list(basic.transforms)
-    at = next(i for i, step in enumerate(steps) if isinstance(step, v2.ToImage))
-    policy = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10, fill=AUTOAUG_FILL)
-    return v2.Compose([*steps[:at], policy, *steps[at:]])
-
-
-def train_transform(config: AdvConfig, spec: Any) -> Callable[[Any], Any]:
-    """Crop + flip; with ``autoaug`` also a crop + flip + AutoAugment(CIFAR-10 policy) view.
-
-    The views are ``uint8``; the loader scales them to [0, 1] on the device (``build_datasets(normalize=False)``),
-    where the attacks work (a model that wants normalised input normalises internally).
-    """
-    basic = build_transform(spec, train=True, augment=config.augment, normalize=False, output="uint8")
-    if config.augmentation == "basic":
-        return basic
-    return TwoViews(basic, autoaugment_view(basic), keys=("image", "image_aug"))
-
-
-# ----------------------------------------------------------------------------------------------
-# The attack used for training
-
-
-def resolved_attack_loss(config: AdvConfig) -> str:
-    """``auto``: CE for pgd_at; sCE + wMSE (prior weights) for ikl/gkl on CIFAR-100; the KL/sCE term otherwise."""
-    if config.attack_loss != "auto":
-        return config.attack_loss
-    if config.method == "pgd_at":
-        return "ce"
-    if config.method in ("ikl", "gkl") and config.dataset == "cifar100":
-        return "ikl"
-    return "kl"
-
-
-def epoch_attack(config: AdvConfig, epoch: int) -> AttackSchedule:
-    """The training attack of (0-based) ``epoch``: dkl-core's released schedules, or a fixed one."""
-    if config.budget in RELEASED_BUDGETS:
-        return attack_schedule(epoch + 1, config.epochs, eps=config.eps, budget=config.budget, ramp=config.eps_ramp)
-    eps_t = ramped_epsilon(epoch + 1 if config.eps_ramp else config.epochs, config.epochs, config.eps)
-    return AttackSchedule(eps_t, config.attack_step_size, config.attack_steps)
-
-
-def adversarial_images(
-    config: AdvConfig, model: nn.Module, images: Tensor, labels: Tensor, schedule: AttackSchedule, prior: ClassPrior
-) -> Tensor:
-    """The inner maximisation of one batch (eval mode; :func:`dkl_core.attacks.pgd` with the epoch's schedule).
-
-    With the defaults this is exactly :func:`dkl_core.attacks.inner_maximization` (tested); calling
-    :func:`pgd` directly adds what that function does not offer: the fixed budget, the CE loss of
-    Madry's PGD-AT, eps without the ramp, and the uniform start.
-    """
-    kind = resolved_attack_loss(config)
-    if schedule.eps == 0:
-        return images.detach().clone()
-    loss: Any = ikl_attack_loss(prior.prior) if kind == "ikl" else kind
-    return pgd(
-        model, images, labels, eps=schedule.eps, step_size=schedule.step_size, steps=schedule.steps,
-        norm="linf", loss=loss, random_start=config.random_start, init_scale=0.001, eval_mode=True,
-        check_inputs=False, project_start=config.project_start,
-    )  # fmt: skip
-
-
-# ----------------------------------------------------------------------------------------------
 # The training loss
 
 
@@ -229,7 +151,7 @@ def robust_term(config: AdvConfig, t: Tensor | None, s: Tensor, y: Tensor, weigh
     """The adversarial term of ``config.method``: ``trades_beta * KL``, the weighted ikl/gkl loss, or ``CE(s, y)``."""
     if config.method == "pgd_at":
         return F.cross_entropy(s.float(), y)
-    if config.method == "trades":
+    if config.method in ("trades", "lbgat"):
         return config.trades_beta * kl_loss(s, t)
     common = dict(mse_weight=config.mse_weight, ce_weight=config.ce_weight, temperature=1.0, weights=weights)
     if config.method == "ikl":
@@ -238,12 +160,16 @@ def robust_term(config: AdvConfig, t: Tensor | None, s: Tensor, y: Tensor, weigh
 
 
 def robust_loss(
-    config: AdvConfig, t: Tensor | None, s: Tensor, y: Tensor, weights: Tensor | None
+    config: AdvConfig, t: Tensor | None, s: Tensor, y: Tensor, weights: Tensor | None, natural: Tensor | None = None
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """The loss of ``config.method`` on one view, ``CE(t, y) + term`` (pgd_at: the term), and its detached terms."""
+    """The loss of ``config.method`` on one view, ``CE(t, y) + term`` (pgd_at: the term; lbgat: the natural
+    model's guidance ``MSE(s, natural) + CE(natural, y)`` + term), and its detached terms."""
     term = robust_term(config, t, s, y, weights)
     if config.method == "pgd_at":
         return term, {"ce_adv": term.detach()}
+    if config.method == "lbgat":
+        guidance, terms = boundary_guidance(s, natural, y)
+        return guidance + term, {**terms, "lbgat": term.detach()}
     ce = F.cross_entropy(t.float(), y)
     return ce + term, {"ce": ce.detach(), config.method: term.detach()}
 
@@ -258,8 +184,12 @@ def training_loss(
     statistics end each step on the natural batch). With ``halves == 2`` the batch holds the basic
     and the AutoAugment view, as released: the natural CE is the mean over the whole doubled batch,
     and only the adversarial term of the augmented half is weighted,
-    ``CE(t, y) + term(basic) + autoaug_weight * term(augmented)`` (pgd_at: the weighted CE terms).
+    ``CE(t, y) + term(basic) + autoaug_weight * term(augmented)`` (pgd_at: the weighted CE terms). For lbgat
+    ``model`` is the :class:`~dkl_recipe_adv.lbgat.LBGATPair`, whose one forward gives all three logits.
     """
+    if config.method == "lbgat":
+        s, t, natural = model(x, x_adv)
+        return *robust_loss(config, t, s, y, weights, natural), t
     s = model(x_adv)
     t = None if config.method == "pgd_at" else model(x)
     if halves == 1:
@@ -334,9 +264,12 @@ def train(config: AdvConfig) -> dict[str, Any]:
     run.print(f"training on {len(train_set)} images, robust validation on {config.robust_val_size} held-out ones")
 
     model = create_model(config.model, spec.num_classes, **config.model_kwargs)
+    if config.method == "lbgat":
+        model = with_natural_model(config, model, spec.num_classes)  # both trained by the one optimiser
     optimizer = build_optimizer(config, model.parameters())
     model, optimizer = run.prepare(model, optimizer)
-    net = run.accelerator.unwrap_model(model)  # shares the parameters; attacks and AWP work on it
+    pair = run.accelerator.unwrap_model(model)  # shares the parameters
+    net = pair.robust if config.method == "lbgat" else pair  # the robust model: attacks, AWP, averages work on it
     train_loader, test_loader = run.train_loader(train_set), run.eval_loader(test_set)
 
     prior = ClassPrior(spec.num_classes, temperature=config.weight_temperature, device=run.device)
@@ -366,6 +299,7 @@ def train(config: AdvConfig) -> dict[str, Any]:
             if ema is not None:
                 ema.update_parameters(net)
 
+        set_first_epoch_lr(optimizer, config, epoch)
         metrics = run.train_epoch(model, optimizer, train_loader, compute_loss, epoch, after_step=after_step)
         metrics.update(attack_eps=schedule.eps, attack_steps=schedule.steps, attack_step_size=schedule.step_size)
         if config.method in ("ikl", "gkl"):
@@ -380,58 +314,10 @@ def train(config: AdvConfig) -> dict[str, Any]:
     averaged = {} if average is None or average.state is None else {"checkpoint_average": average.averaged_copy(net)}
     if ema is not None:
         averaged["ema"] = ema.module
-    return run.finish(extra=finish_weights(config, run, net, averaged, train_loader, test_loader, validation, spec))
-
-
-def should_validate(config: AdvConfig, epoch: int) -> bool:
-    return epoch + 1 == config.epochs or (epoch + 1) % max(config.robust_val_every, 1) == 0
-
-
-def robust_validation(config: AdvConfig, model: nn.Module, images: Tensor, labels: Tensor) -> dict[str, float]:
-    """Clean and PGD-20 accuracy (%) on the held-out training images (every process calls it: a collective)."""
-    steps = config.robust_val_steps
-    result = robust_accuracy(
-        model, images, labels, eps=config.eps, steps=steps, batch_size=config.eval_batch_size,
-        progress=say("validation") if interactive() and PartialState().is_main_process else None,
-    )  # fmt: skip
-    return {"val_clean_top1": 100.0 * result.clean_accuracy, f"val_pgd{steps}_top1": 100.0 * result.robust_accuracy}
-
-
-def finish_weights(
-    config: AdvConfig,
-    run: Run,
-    net: nn.Module,
-    averaged: dict[str, nn.Module],
-    train_loader: Any,
-    test_loader: Any,
-    validation: tuple[Tensor, Tensor] | None,
-    spec: Any,
-) -> dict[str, Any]:
-    """Save the raw and the ``averaged`` weights, evaluate the averaged ones (clean test, robust validation)."""
-    meta = dict(arch=config.model, num_classes=spec.num_classes, model_kwargs=config.model_kwargs)
-    run.save_model(net, MODEL_FILES["raw"], weights="raw", **meta)
-    summary: dict[str, Any] = {}
-    for label, model in averaged.items():
-        if config.recompute_bn:
-            recompute_bn_statistics(model, natural_batches(train_loader, config.recompute_bn_batches), run.device)
-            average_bn_buffers(model, run.accelerator)
-        run.save_model(model, MODEL_FILES[label], weights=label, recompute_bn=config.recompute_bn, **meta)
-        summary[label] = {f"test_{k}": v for k, v in evaluate(model, test_loader, run.accelerator).items()}
-        if validation is not None:
-            summary[label].update(robust_validation(config, model, *validation))
-        run.print(f"{label}: " + ", ".join(f"{k}={v:.4g}" for k, v in summary[label].items()))
-    robust_key = f"val_pgd{config.robust_val_steps}_top1"
-    # robust overfitting: the epoch with the best held-out PGD accuracy
-    best = max((h for h in run.state.history if robust_key in h), key=lambda h: h[robust_key], default=None)
-    return {
-        "method": config.method,
-        "paper_clean": config.paper_clean,
-        "paper_autoattack": config.paper_autoattack,
-        "attack_loss": resolved_attack_loss(config),
-        "weights": {"raw": MODEL_FILES["raw"], **{label: MODEL_FILES[label] for label in averaged}},
-        "averaged": summary,
-        "best_robust_validation": None if best is None else {"value": best[robust_key], "epoch": best["epoch"]},
-    }
+    extra = finish_weights(config, run, net, averaged, train_loader, test_loader, validation, spec)
+    if config.method == "lbgat":
+        extra["natural_model"] = finish_natural(config, run, pair.natural, test_loader, spec.num_classes)
+    return run.finish(extra=extra)
 
 
 def main(argv: list[str] | None = None) -> None:

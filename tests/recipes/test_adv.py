@@ -1,13 +1,14 @@
 """Adversarial-training recipe smoke runs on digits through `accelerate launch` on CPU, and the AutoAttack evaluation.
 
 Every method trains two steps with every piece switched on (eps ramp, AWP from the first epoch,
-class prior, checkpoint average, EMA, held-out PGD validation; AutoAugment views for one method).
-All four methods run inside one launch (this file is also the launched script: its ``__main__``
-calls the recipe's ``main`` per method) to pay the start-up once. Then ``eval.py`` runs AutoAttack
-on the ikl run's weights (raw, checkpoint average, EMA) and writes them into its ``results.json``;
-it is launched through this file too, with pyautoattack's iteration and query budgets cut down
-(standard AutoAttack costs about 8,000 forward passes per chunk that stays robust, minutes on a CPU
-even for a tiny model); everything else is ``eval.py`` itself.
+class prior, checkpoint average, EMA, held-out PGD validation; AutoAugment views for one method;
+lbgat without AWP, with its natural model). All five methods run inside one launch (this file is
+also the launched script: its ``__main__`` calls the recipe's ``main`` per method) to pay the
+start-up once. Then ``eval.py`` runs AutoAttack on the ikl run's weights (raw, checkpoint average,
+EMA) and writes them into its ``results.json``; it is launched through this file too, with
+pyautoattack's iteration and query budgets cut down (standard AutoAttack costs about 8,000 forward
+passes per chunk that stays robust, minutes on a CPU even for a tiny model); everything else is
+``eval.py`` itself.
 """
 
 from __future__ import annotations
@@ -21,10 +22,17 @@ CONFIG = "recipes/adv/configs/digits_ikl.yaml"
 TINY = ["epochs=1", "max_steps_per_epoch=2", "batch_size=16", "eval_subset=32", "eval_batch_size=32",
         "robust_val_size=24", "robust_val_steps=2", "awp_warmup_epochs=1", "ema_decay=0.5", "log_every=1",
         "log_step_losses=true"]  # fmt: skip
-METHODS = ["ikl", "gkl", "trades", "pgd_at"]
+METHODS = ["ikl", "gkl", "trades", "lbgat", "pgd_at"]
+VIT = "{img_size: 32, patch_size: 8, depth: 1, embed_dim: 32, num_heads: 2, mlp_ratio: 2}"  # the digits model
 EXTRA = {
     "gkl": ["gamma=0.5", "augmentation=autoaug"],
     "trades": ["project_start=false", "lr_schedule=cosine_shifted"],  # the released start and cosine
+    "lbgat": [
+        "awp=false",
+        "lr_first_epoch=0.0006",
+        "natural_model=timm:vit_tiny_patch16_224",
+        f"natural_model_kwargs={VIT}",
+    ],  # fmt: skip
     "pgd_at": ["random_start=uniform"],
 }
 
@@ -54,6 +62,11 @@ def test_every_method_trains_two_steps(method, smoke_runs):
         assert "ce" in epoch and method in epoch
     if method == "gkl":
         assert "gkl_aug" in epoch  # the AutoAugment half of the two-view loss
+    if method == "lbgat":  # the natural model's guidance, its file beside model.pth, the first epoch's rate
+        assert {"mse", "ce_natural", "lbgat"} <= set(epoch) and epoch["lr"] == pytest.approx(0.0006)
+        natural = results["natural_model"]
+        assert natural["file"] == "model_natural.pth" and natural["test_samples"] == 32
+        assert (run_dir / "model_natural.pth").is_file()
     assert (run_dir / "checkpoints" / "epoch_0001").is_dir()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from dkl_recipe_adv.eval import EvalConfig, load_model
@@ -47,3 +49,47 @@ def test_eval_config_needs_exactly_one_source():
         build_config(EvalConfig, {"run_dir": "a", "checkpoint": "b"})
     with pytest.raises(ConfigError, match="unknown labels"):
         build_config(EvalConfig, {"run_dir": "a", "weights": ["swa"]})
+
+
+LBGAT_EVAL = sorted((Path(__file__).parents[2] / "recipes" / "adv" / "configs").glob("eval_*_lbgat*.yaml"))
+
+
+def test_every_released_lbgat_file_has_a_config_with_its_layout_and_eps():
+    from dkl_train.config import load_config
+    from dkl_train.data import get_spec
+    from dkl_train.models import create_model
+
+    # RobustBench's Cui2020Learnable entries: (dataset, width, sub_block1, eps)
+    expected = {
+        "eval_cifar10_wrn34_lbgat0": ("cifar10", 10, True, 0.031),
+        "eval_cifar10_wrn34_20_lbgat0": ("cifar10", 20, True, 0.031),
+        "eval_cifar100_wrn34_lbgat0": ("cifar100", 10, True, 0.031),
+        "eval_cifar100_wrn34_lbgat6": ("cifar100", 10, True, 0.031),
+        "eval_cifar100_wrn34_20_lbgat6": ("cifar100", 20, True, 0.031),
+        "eval_cifar100_wrn34_lbgat9_awp": ("cifar100", 10, False, 8 / 255),
+    }
+    assert {path.stem for path in LBGAT_EVAL} == set(expected)
+    for path in LBGAT_EVAL:
+        dataset, width, sub_block1, eps = expected[path.stem]
+        config = load_config(EvalConfig, path, ["checkpoint=x.pt"])
+        assert (config.dataset, config.eps, config.model_kwargs) == (dataset, eps, {"sub_block1": sub_block1})
+        classes = get_spec(dataset).num_classes
+        with torch.device("meta"):
+            model = create_model(config.model, classes, **config.model_kwargs)
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        assert shapes == trades_wrn(34, width, classes, sub_block1=sub_block1), path.name
+
+
+def test_lbgat_robustbench_file_loads_strictly(tmp_path):
+    # Cui2020Learnable_34_10_LBGAT6 (CIFAR-100): every key of RobustBench's WideResNet(sub_block1=True), via DataParallel.
+    from dkl_train.config import load_config
+
+    config = load_config(EvalConfig, LBGAT_EVAL[0].parent / "eval_cifar100_wrn34_lbgat6.yaml", ["checkpoint=x.pt"])
+    state = random_state_dict(trades_wrn(34, 10, 100, sub_block1=True), seed=5)
+    path = tmp_path / "Cui2020Learnable_34_10_LBGAT6.pt"
+    torch.save({f"module.{k}": v for k, v in state.items()}, path)
+    model = load_model(config.model, 100, path, model_kwargs=config.model_kwargs)
+    loaded = model.state_dict()
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    with pytest.raises(CheckpointMismatchError, match="sub_block1"):
+        load_model(config.model, 100, path)  # without the layout the extra block is an unexpected key

@@ -7,15 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from dkl_recipe_adv.train import (
-    AdvConfig,
-    adversarial_images,
-    epoch_attack,
-    resolved_attack_loss,
-    robust_loss,
-    step_loss,
-    training_loss,
-)
+from dkl_recipe_adv.attack import adversarial_images, epoch_attack, resolved_attack_loss
+from dkl_recipe_adv.train import AdvConfig, robust_loss, step_loss, training_loss
 from torch import nn
 
 from dkl_core import ClassPrior, gkl_loss, ikl_loss, kl_loss
@@ -201,7 +194,7 @@ def test_autoaug_step_prior_from_basic_view_and_unweighted_awp_proxy():
 
 
 def test_autoaugment_view_crops_and_flips_first_then_fills_grey():
-    from dkl_recipe_adv.train import AUTOAUG_FILL, train_transform
+    from dkl_recipe_adv.views import AUTOAUG_FILL, train_transform
     from torchvision.transforms import v2
 
     from dkl_train.data import TwoViews, get_spec

@@ -6,6 +6,8 @@ Read from the peers' model definitions (names, shapes, layer order), not from ou
 - RobustBench ``robustbench/model_zoo/architectures/wide_resnet.py`` (TRADES WRN; ``Cui2023Decoupled_WRN-34-10``
   is ``WideResNet(depth=34, widen_factor=10, sub_block1=False)``) and ``dm_wide_resnet.py``
   (``Cui2023Decoupled_WRN-28-10`` is ``DMWideResNet(depth=28, width=10, activation_fn=nn.SiLU, mean, std)``);
+  the LBGAT entries (``Cui2020Learnable_*``) are ``WideResNet(..., sub_block1=True)``;
+- LBGAT ``models/resnetcifar.py`` (``ResNet18_cifar``, its natural model);
 - USB ``semilearn/nets/vit/vit.py`` (``vit_small_patch2_32``: img 32, patch 2, dim 384, depth 12, heads 6).
 
 The generators enumerate a full published state dict; the tests below pin a few entries and the key
@@ -31,13 +33,13 @@ def _bn(keys: Shapes, name: str, c: int) -> None:
     keys[f"{name}.num_batches_tracked"] = ()
 
 
-def mdistiller_resnet(depth: int, widths: tuple[int, int, int, int], num_classes: int) -> Shapes:
-    """mdistiller resnet.py: conv1/bn1, layer{1,2,3}.{i}.{conv1,bn1,conv2,bn2,downsample.{0,1}}, fc."""
-    keys: Shapes = {}
+def _resnet_stages(keys: Shapes, widths: tuple[int, ...], strides: tuple[int, ...], n: int, shortcut: str) -> None:
+    """Stem conv1/bn1, then stages ``layer{s}.{i}.{conv1,bn1,conv2,bn2}`` with a projection ``<shortcut>.{0,1}``
+    in the first block of a stage whose stride or width changes (mdistiller resnet.py, LBGAT resnetcifar.py)."""
     _conv(keys, "conv1", widths[0], 3, 3)
     _bn(keys, "bn1", widths[0])
-    inp, n = widths[0], (depth - 2) // 6
-    for stage, (width, stride) in enumerate(zip(widths[1:], (1, 2, 2)), start=1):
+    inp = widths[0]
+    for stage, (width, stride) in enumerate(zip(widths[1:], strides), start=1):
         for i in range(n):
             p = f"layer{stage}.{i}"
             _conv(keys, f"{p}.conv1", width, inp, 3)
@@ -45,23 +47,31 @@ def mdistiller_resnet(depth: int, widths: tuple[int, int, int, int], num_classes
             _conv(keys, f"{p}.conv2", width, width, 3)
             _bn(keys, f"{p}.bn2", width)
             if i == 0 and (stride != 1 or inp != width):
-                _conv(keys, f"{p}.downsample.0", width, inp, 1)
-                _bn(keys, f"{p}.downsample.1", width)
+                _conv(keys, f"{p}.{shortcut}.0", width, inp, 1)
+                _bn(keys, f"{p}.{shortcut}.1", width)
             inp = width
+
+
+def mdistiller_resnet(depth: int, widths: tuple[int, int, int, int], num_classes: int) -> Shapes:
+    """mdistiller resnet.py: conv1/bn1, layer{1,2,3}.{i}.{conv1,bn1,conv2,bn2,downsample.{0,1}}, fc."""
+    keys: Shapes = {}
+    _resnet_stages(keys, widths, (1, 2, 2), (depth - 2) // 6, "downsample")
     keys["fc.weight"], keys["fc.bias"] = (num_classes, widths[3]), (num_classes,)
     return keys
 
 
-def trades_wrn(depth: int, k: int, num_classes: int) -> Shapes:
-    """mdistiller wrn.py == RobustBench wide_resnet.py (sub_block1=False)."""
+def trades_wrn(depth: int, k: int, num_classes: int, sub_block1: bool = False) -> Shapes:
+    """mdistiller wrn.py == RobustBench wide_resnet.py; ``sub_block1=True``: the LBGAT files' extra copy of block1,
+    between block1 and block2 (RobustBench ``Cui2020Learnable_*``, LBGAT ``models/wideresnet.py``)."""
     keys: Shapes = {}
     widths = [16, 16 * k, 32 * k, 64 * k]
     _conv(keys, "conv1", 16, 3, 3)
     n = (depth - 4) // 6
-    for b in (1, 2, 3):
+    stages = [("block1", 1), ("sub_block1", 1), ("block2", 2), ("block3", 3)] if sub_block1 else None
+    for name, b in stages or [(f"block{b}", b) for b in (1, 2, 3)]:
         for i in range(n):
             inp, out = (widths[b - 1] if i == 0 else widths[b]), widths[b]
-            p = f"block{b}.layer.{i}"
+            p = f"{name}.layer.{i}"
             _bn(keys, f"{p}.bn1", inp)
             _conv(keys, f"{p}.conv1", out, inp, 3)
             _bn(keys, f"{p}.bn2", out)
@@ -70,6 +80,15 @@ def trades_wrn(depth: int, k: int, num_classes: int) -> Shapes:
                 _conv(keys, f"{p}.convShortcut", out, inp, 1)
     _bn(keys, "bn1", widths[3])
     keys["fc.weight"], keys["fc.bias"] = (num_classes, widths[3]), (num_classes,)
+    return keys
+
+
+def lbgat_resnet18(num_classes: int) -> Shapes:
+    """LBGAT models/resnetcifar.py ResNet18_cifar: conv1/bn1, layer{1..4}.{0,1}.{conv1,bn1,conv2,bn2,shortcut.{0,1}},
+    linear; strides 1/1/2/2, so layer2's first block projects 64 -> 128 channels without striding."""
+    keys: Shapes = {}
+    _resnet_stages(keys, (64, 64, 128, 256, 512), (1, 1, 2, 2), 2, "shortcut")
+    keys["linear.weight"], keys["linear.bias"] = (num_classes, 512), (num_classes,)
     return keys
 
 
@@ -163,6 +182,8 @@ def test_generators_match_published_counts():
     assert len(mdistiller_resnet(56, (16, 16, 32, 64), 100)) == 6 + 27 * 12 + 2 * 6 + 2
     assert len(trades_wrn(34, 10, 10)) == 1 + 15 * 12 + 3 + 5 + 2
     assert len(dm_wrn(28, 10, 100)) == 1 + 12 * 12 + 3 + 5 + 2
+    assert len(trades_wrn(34, 10, 100, sub_block1=True)) == 1 + 20 * 12 + 4 + 5 + 2
+    assert len(lbgat_resnet18(100)) == 1 + 5 + 8 * 12 + 3 * 6 + 2
     assert len(usb_vit_small_patch2_32()) == 4 + 12 * 12 + 4
 
 
@@ -170,7 +191,11 @@ def test_generators_pin_key_entries():
     wrn = trades_wrn(34, 10, 10)
     assert wrn["block1.layer.0.convShortcut.weight"] == (160, 16, 1, 1)
     assert wrn["block3.layer.4.conv2.weight"] == (640, 640, 3, 3)
-    assert "block1.layer.1.convShortcut.weight" not in wrn
+    assert "block1.layer.1.convShortcut.weight" not in wrn and not any(k.startswith("sub_block1") for k in wrn)
+    lbgat = trades_wrn(34, 20, 10, sub_block1=True)
+    assert lbgat["sub_block1.layer.0.convShortcut.weight"] == (320, 16, 1, 1)
+    natural = lbgat_resnet18(100)
+    assert natural["layer2.0.shortcut.0.weight"] == (128, 64, 1, 1) and "layer1.0.shortcut.0.weight" not in natural
     dm = dm_wrn(28, 10, 100)
     assert dm["layer.2.block.0.shortcut.weight"] == (640, 320, 1, 1)
     assert dm["logits.weight"] == (100, 640)

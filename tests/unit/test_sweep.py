@@ -47,7 +47,12 @@ def test_tables_are_the_datasets_of_the_training_configs():
     adv = sweep.discover("adv")
     assert {"cifar10", "cifar100", "digits"} == set(adv)
     assert not any(e.stem.startswith("eval_") for entries in adv.values() for e in entries)  # nothing to train
-    assert {e.column for e in adv["cifar100"]} >= {"ikl", "ikl_autoaug", "trades_awp"}
+    assert {e.column for e in adv["cifar100"]} >= {"ikl", "ikl_autoaug", "trades_awp", "lbgat_beta0", "lbgat_beta6"}
+    # LBGAT sits in the WRN-34-10 row, between TRADES and IKL-AT (the recipe's METHODS order)
+    lbgat = [e for entries in adv.values() for e in entries if e.config["method"] == "lbgat"]
+    assert {e.row for e in lbgat} == {"cifar10 wrn_34_10", "cifar100 wrn_34_10", "digits timm:vit_tiny_patch16_224"}
+    order = sweep.recipe_methods("adv")
+    assert order.index("trades") < order.index("lbgat") < order.index("ikl")
     ssl = sweep.discover("ssl")
     assert {e.row for e in ssl["cifar100"]} == {"cifar100, 200 labels"}
     assert {e.column for e in ssl["cifar100"]} >= {"fixmatch", "fixmatch_ikl", "meanteacher", "meanteacher_ikl"}

@@ -4,8 +4,9 @@
   ``resnet8x4``, ``resnet32x4``, ``wrn_16_1``, ``wrn_16_2``, ``wrn_40_1``, ``wrn_40_2``,
   ``vgg8/11/13/16/19`` (with BN), ``MobileNetV2`` (half width), ``ShuffleV1``, ``ShuffleV2``,
   ``ResNet18``, ``ResNet50`` (CIFAR variants). Inputs: normalised by the data pipeline.
-- Adversarial training: ``wrn_34_10`` (TRADES) and ``wrn_28_10_silu`` (DeepMind style, normalises
-  internally); both take [0, 1] images and load RobustBench's ``Cui2023Decoupled_*`` files.
+- Adversarial training: ``wrn_34_10``, ``wrn_34_20`` (TRADES; ``sub_block1=True`` for the LBGAT files) and
+  ``wrn_28_10_silu`` (DeepMind style, normalises internally); they take [0, 1] images and load RobustBench's
+  ``Cui2023Decoupled_*`` and ``Cui2020Learnable_*`` files. ``resnet18_lbgat``: LBGAT's natural model.
 - SSL: ``vit_small_patch2_32`` (timm ViT-S/2 at 32 px); ``fmt="usb"`` loads USB's pretrained file.
 - ImageNet: any timm model as ``"timm:<name>"`` (``timm:resnet34.tv_in1k``, ``timm:mobilenetv1_100``).
 

@@ -83,9 +83,14 @@ class WideResNet(nn.Module):
     Inputs are used as given (no normalisation inside): the KD zoo gets normalised images from the
     data pipeline, and RobustBench's TRADES-style WRN-34-10 entries (``Cui2023Decoupled_WRN-34-10``)
     take raw [0, 1] images.
+
+    ``sub_block1``: a copy of ``block1`` that ``forward`` never runs, present in the released LBGAT files
+    (RobustBench's ``WideResNet(..., sub_block1=True)``, ``Cui2020Learnable_*``): only so that they load strictly.
     """
 
-    def __init__(self, depth: int, widen_factor: int, num_classes: int, drop_rate: float = 0.0) -> None:
+    def __init__(
+        self, depth: int, widen_factor: int, num_classes: int, drop_rate: float = 0.0, sub_block1: bool = False
+    ) -> None:
         super().__init__()
         if (depth - 4) % 6 != 0:
             raise ValueError(f"WideResNet depth must be 6n+4 (16, 28, 34, 40), got {depth}")
@@ -93,6 +98,8 @@ class WideResNet(nn.Module):
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
         self.block1 = NetworkBlock(n, widths[0], widths[1], 1, drop_rate)
+        if sub_block1:
+            self.sub_block1 = NetworkBlock(n, widths[0], widths[1], 1, drop_rate)
         self.block2 = NetworkBlock(n, widths[1], widths[2], 2, drop_rate)
         self.block3 = NetworkBlock(n, widths[2], widths[3], 2, drop_rate)
         self.bn1 = nn.BatchNorm2d(widths[3])

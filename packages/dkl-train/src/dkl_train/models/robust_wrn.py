@@ -1,9 +1,11 @@
-"""The two adversarial-training architectures of the DKL papers, loadable from RobustBench.
+"""The adversarial-training architectures of the DKL papers and of LBGAT, loadable from RobustBench.
 
 ``wrn_34_10``: the TRADES WideResNet-34-10 (ReLU, no input normalisation; inputs in [0, 1]).
 RobustBench builds ``Cui2023Decoupled_WRN-34-10`` (CIFAR-10 and -100, also ``_autoaug``) as
 ``WideResNet(depth=34, widen_factor=10, sub_block1=False)`` from its ``wide_resnet.py``, which has
 the same names as the KD zoo's WRN, so it is :class:`~.cifar_wrn.WideResNet` at depth 34, width 10.
+``wrn_34_20`` is the same net at width 20. The LBGAT entries (``Cui2020Learnable_34_10``, ``_34_20``,
+``_34_10_LBGAT0`` ...) are built with ``sub_block1=True``: ``model_kwargs: {sub_block1: true}``.
 
 ``wrn_28_10_silu``: DeepMind's WideResNet (``dm_wide_resnet.py`` in RobustBench, also the
 "wideresnetwithswish" of the better-diffusion-models code the DKL authors trained with), depth 28,
@@ -159,9 +161,18 @@ class DMWideResNet(nn.Module):
 
 
 @register_model("wrn_34_10")
-def wrn_34_10(num_classes: int, drop_rate: float = 0.0) -> WideResNet:
-    """TRADES WideResNet-34-10 (ReLU), [0, 1] inputs, no normalisation (RobustBench's Cui2023 WRN-34-10)."""
-    return WideResNet(34, 10, num_classes, drop_rate)
+def wrn_34_10(num_classes: int, drop_rate: float = 0.0, sub_block1: bool = False) -> WideResNet:
+    """TRADES WideResNet-34-10 (ReLU), [0, 1] inputs, no normalisation (RobustBench's Cui2023 WRN-34-10).
+
+    ``sub_block1=True``: the layout of the released LBGAT files (an unused copy of ``block1``).
+    """
+    return WideResNet(34, 10, num_classes, drop_rate, sub_block1)
+
+
+@register_model("wrn_34_20")
+def wrn_34_20(num_classes: int, drop_rate: float = 0.0, sub_block1: bool = False) -> WideResNet:
+    """TRADES WideResNet-34-20 (RobustBench's ``Cui2020Learnable_34_20`` with ``sub_block1=True``)."""
+    return WideResNet(34, 20, num_classes, drop_rate, sub_block1)
 
 
 @register_model("wrn_28_10_silu")
