@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dkl_train.errors import report_user_errors
+
 # Final metrics shown in their own column when present (robust accuracy of the adv recipe).
 EXTRA_METRICS = ("autoattack_clean", "autoattack_robust", "robust_top1", "pgd_robust")
 HEADER = ["recipe", "run", "model", "method", "top-1 (%)", "best top-1", "other", "wall-clock"]
@@ -223,4 +225,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with report_user_errors():
+        main()

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dkl_train.errors import report_user_errors
+
 # Config fields that vary between repetitions of one setting, not between settings.
 RUN_SPECIFIC_KEYS = {
     "seed", "output_dir", "resume", "data_dir", "num_workers", "notes", "checkpoint_every",
@@ -381,4 +383,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with report_user_errors():
+        main()

@@ -47,6 +47,7 @@ from typing import Any
 import yaml
 
 from dkl_train.atomic import write_text_atomic
+from dkl_train.errors import report_user_errors
 from tools.report import adv_clean, format_mean_std, headline_metric, paper_number
 
 # The checkout this tool belongs to: tools/ is never installed, so its parent is the repository root.
@@ -495,4 +496,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with report_user_errors():
+        main()

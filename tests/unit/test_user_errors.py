@@ -59,6 +59,16 @@ def test_the_make_wrapper_repeats_the_recorded_error_last():
     assert ok.returncode == 0 and ok.stdout == "fine\n" and ok.stderr == ""
 
 
+def test_a_closed_pipe_ends_a_listing_quietly():
+    """``... --list | head -1``: the tool stops when the reader does, without a BrokenPipeError traceback."""
+    shell = f"{sys.executable} -m tools.sweep kd --list | head -1"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", shell], cwd=REPO, capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert result.stdout.startswith("cifar100: ") and result.stdout.count("\n") == 1
+    assert result.stderr == ""
+    assert result.returncode == 1  # as a pipeline whose writer was cut short, not a crash
+
+
 def test_malformed_yaml_names_the_line_and_column(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("lr: [0.1\nepochs: 2\n")

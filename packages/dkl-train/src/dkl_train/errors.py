@@ -26,9 +26,17 @@ class UserError(Exception):
 
 @contextmanager
 def report_user_errors() -> Iterator[None]:
-    """Turn a :class:`UserError`, ``FileNotFoundError`` or ``PermissionError`` into one line and exit status 2."""
+    """Turn a :class:`UserError`, ``FileNotFoundError`` or ``PermissionError`` into one line and exit status 2.
+
+    A closed output pipe (``... | head``) ends the process quietly, as ``cat`` does, not with a traceback.
+    """
     try:
         yield
+    except BrokenPipeError:
+        # The reader is gone: later writes (and Python's flush at exit) would fail again, so point stdout
+        # at /dev/null, as the ``signal`` module's documentation recommends, and stop.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
     except (UserError, FileNotFoundError, PermissionError) as err:
         if os.environ.get("DEBUG", "") not in ("", "0"):
             raise
