@@ -1,9 +1,9 @@
 """Errors the user can fix (a setting, a missing or damaged file, a diverged run), reported in one line.
 
-Every command line of the recipes runs its work inside :func:`report_user_errors`: a :class:`UserError`
+Every command line of the recipes and of ``tools/`` runs its work inside :func:`report_user_errors`: a :class:`UserError`
 (or a missing or unwritable file) ends the process with ``error: <message>`` as its last line and exit
 status :data:`USER_ERROR_EXIT_CODE`, without a traceback (``DEBUG=1`` shows one). Any other exception is
-a bug and keeps its traceback.
+a bug and keeps its traceback. A closed output pipe ends the process quietly.
 
 ``accelerate launch`` reports a failed process with a traceback of its own, after the process's
 message. When ``DKL_ERROR_FILE`` names a file (the Makefile's launcher wrapper, ``tools/last_error.py``,
