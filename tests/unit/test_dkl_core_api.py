@@ -144,11 +144,15 @@ def test_zero_weights_and_gamma_stay_valid(module, function):
 # ---------------------------------------------------------------------------------------- modules
 
 
+#: Arguments of one call, given to the modules' forward(): weights, and the token arguments (labels per batch).
+PER_CALL = ("weights", "labels", "num_items_in_batch", "mass_sq_sum")
+
+
 def keyword_defaults(function) -> dict:
     return {
         name: parameter.default
         for name, parameter in inspect.signature(function).parameters.items()
-        if parameter.default is not inspect.Parameter.empty and name != "weights"  # weights go to forward()
+        if parameter.default is not inspect.Parameter.empty and name not in PER_CALL
     }
 
 

@@ -10,6 +10,8 @@ released code swaps them. To end the confusion these functions take ``mse_weight
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,6 +26,7 @@ from ._checks import (
 )
 from ._decoupled_terms import TermOptions, decoupled_terms
 from ._precision import full_precision
+from ._tokens import is_plain, over_tokens
 
 
 def _check_dkl_options(mse_weight: float, ce_weight: float, temperature: float) -> None:
@@ -53,6 +56,9 @@ def dkl_loss(
     temperature: float = 1.0,
     reduction: str = "mean",
     compiled: bool = False,
+    labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    num_items_in_batch: int | torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Decoupled KL (Theorem 1 of Cui et al., NeurIPS 2024): KL split into a weighted MSE and a soft CE.
 
@@ -73,18 +79,27 @@ def dkl_loss(
     Computed exactly in O(B*C) (no ``B x C x C`` tensor), in float32 under autocast.
 
     Args:
-        student_logits: ``[B, C]``.
-        teacher_logits: ``[B, C]``.
+        student_logits: ``[B, C]``, or ``[..., V]`` for tokens.
+        teacher_logits: the student's shape.
         mse_weight: weight of the wMSE term, finite and ``>= 0`` (the paper's ``alpha``, the released code's
             ``beta``).
         ce_weight: weight of the soft cross-entropy term, finite and ``>= 0`` (the paper's ``beta``).
         temperature: ``T > 0``, divides both logits before decoupling; no ``T^2`` factor (default 1).
         reduction: ``"mean"`` over the batch (``"batchmean"`` is an alias), ``"sum"`` or ``"none"`` (``[B]``).
         compiled: run the fused forward pass through ``torch.compile`` (see :func:`ikl_loss`).
+        labels, ignore_index, num_items_in_batch: token-shaped inputs, as in :func:`ikl_loss`.
     """
-    check_logits_pair(student_logits, teacher_logits)
     _check_dkl_options(mse_weight, ce_weight, temperature)
     reduction = check_reduction(reduction)
+    if not is_plain(student_logits, labels, num_items_in_batch):
+        loss_fn = functools.partial(
+            dkl_loss, mse_weight=mse_weight, ce_weight=ce_weight, temperature=temperature, compiled=compiled
+        )
+        return over_tokens(
+            loss_fn, student_logits, teacher_logits, labels=labels, ignore_index=ignore_index,
+            num_items_in_batch=num_items_in_batch, reduction=reduction,
+        )  # fmt: skip
+    check_logits_pair(student_logits, teacher_logits)
     dtype = compute_dtype(student_logits, teacher_logits)
     student = student_logits.to(dtype)
     teacher = teacher_logits.to(dtype)
@@ -120,10 +135,30 @@ def _ikl_family(
     reduction: str,
     gamma: float | None,
     compiled: bool,
+    labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    mass_sq_sum: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    check_logits_pair(student_logits, teacher_logits)
     _check_ikl_options(mse_weight, ce_weight, temperature, weight_temperature, gamma)
     reduction = check_reduction(reduction)
+    if not is_plain(student_logits, labels, num_items_in_batch) or mass_sq_sum is not None:
+        options = dict(mse_weight=mse_weight, ce_weight=ce_weight, temperature=temperature,
+                       weight_temperature=weight_temperature, compiled=compiled)  # fmt: skip
+        if gamma is not None and (num_items_in_batch is not None or mass_sq_sum is not None):
+            # The normaliser sum_b W_b^2 is the accumulated batch's (or this one's, scaled): IKL's rows with
+            # w^gamma and the wMSE weight rescaled to it.
+            divisor = num_items_in_batch if reduction == "mean" else None
+            loss_fn = functools.partial(gkl_rows, gamma=gamma, mass_sq_sum=mass_sq_sum, divisor=divisor, **options)
+        else:
+            loss_fn = functools.partial(
+                _ikl_family, weights=None, detach_weights=detach_weights, gamma=gamma, **options
+            )
+        return over_tokens(
+            loss_fn, student_logits, teacher_logits, labels=labels, ignore_index=ignore_index,
+            num_items_in_batch=num_items_in_batch, reduction=reduction, row_tensors={"weights": weights},
+        )  # fmt: skip
+    check_logits_pair(student_logits, teacher_logits)
     dtype = compute_dtype(student_logits, teacher_logits)
     student = student_logits.to(dtype)
     teacher = teacher_logits.to(dtype)
@@ -142,6 +177,53 @@ def _ikl_family(
     return decoupled_terms(student, teacher, class_weights, options, compiled)
 
 
+def gkl_weights(
+    teacher: torch.Tensor, weights: torch.Tensor | None, weight_temperature: float, gamma: float
+) -> torch.Tensor:
+    """GKL's detached ``w ** gamma`` of ``[n, C]`` rows in the compute dtype (``softmax(t / T_w)`` by default)."""
+    dtype = compute_dtype(teacher, *(() if weights is None else (weights,)))
+    if weights is None:
+        weights = F.softmax(teacher.detach().to(dtype) / weight_temperature, dim=1)
+    else:
+        check_weights(weights, teacher)
+    weights = weights.detach().to(dtype)
+    return weights if gamma == 1.0 else _power(weights, gamma)
+
+
+def mass_scaled_weight(mse_weight: float, rows: float | torch.Tensor, mass_sq_sum: float | torch.Tensor) -> float:
+    """GKL's wMSE weight for IKL's rows: ``mse_weight * rows / sum_b W_b^2`` (0 when every weight is 0), so
+    that ``sum_rows ikl / rows`` is ``mse_weight * sum wMSE / sum W^2 + ce_weight * mean sCE``."""
+    mass = float(mass_sq_sum)
+    return mse_weight * float(rows) / mass if mass > 0 else 0.0
+
+
+def gkl_rows(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    *,
+    reduction: str,
+    weights: torch.Tensor | None = None,
+    mse_weight: float,
+    ce_weight: float,
+    temperature: float,
+    weight_temperature: float,
+    compiled: bool,
+    gamma: float,
+    mass_sq_sum: float | torch.Tensor | None,
+    divisor: int | torch.Tensor | None,
+) -> torch.Tensor:
+    """GKL on ``[n, C]`` rows (``reduction`` ``"sum"`` or ``"none"``) with the normaliser ``mass_sq_sum`` (default:
+    these rows' ``sum_b W_b^2``) and ``divisor`` rows in the mean (default: ``n``)."""
+    powered = gkl_weights(teacher, weights, weight_temperature, gamma)
+    if mass_sq_sum is None:
+        mass_sq_sum = powered.sum(dim=1).square().sum()
+    rows = student.shape[0] if divisor is None else divisor
+    return ikl_loss(
+        student, teacher, mse_weight=mass_scaled_weight(mse_weight, rows, mass_sq_sum), ce_weight=ce_weight,
+        temperature=temperature, weights=powered, reduction=reduction, compiled=compiled,
+    )  # fmt: skip
+
+
 @full_precision
 def ikl_loss(
     student_logits: torch.Tensor,
@@ -155,6 +237,9 @@ def ikl_loss(
     detach_weights: bool = True,
     reduction: str = "mean",
     compiled: bool = False,
+    labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    num_items_in_batch: int | torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Improved KL (Cui et al., NeurIPS 2024): DKL with the wMSE gradient reaching the student, and class weights.
 
@@ -173,13 +258,14 @@ def ikl_loss(
     computation (no ``B x C x C`` tensor), in float32 under bf16/fp16 autocast.
 
     Args:
-        student_logits: ``s``, shape ``[B, C]`` (student, adversarial image, strong view).
-        teacher_logits: ``t``, shape ``[B, C]`` (teacher, natural image, weak view / EMA model).
+        student_logits: ``s``, shape ``[B, C]`` (student, adversarial image, strong view), or ``[..., V]`` for
+            tokens (e.g. ``[batch, sequence, vocab]``).
+        teacher_logits: ``t``, the student's shape (teacher, natural image, weak view / EMA model).
         mse_weight: weight of the wMSE term, finite and ``>= 0`` (the released code's ``beta``).
         ce_weight: weight of the soft cross-entropy, finite and ``>= 0`` (the released code's ``alpha``).
         temperature: ``T > 0``, divides both logits in the cross-entropy term only; no ``T^2`` factor (4 for
             CIFAR-100 distillation, 1 on ImageNet and in adversarial training).
-        weights: optional non-negative ``[B, C]`` class weights, e.g. a class-prior row per sample.
+        weights: optional non-negative class weights of the logits' shape, e.g. a class-prior row per sample.
         weight_temperature: ``T_w > 0`` of the default weights ``softmax(t / T_w)``, unused when ``weights``
             is given (100 for IKL and 4 for GKL in CIFAR-100 distillation).
         detach_weights: stop the gradient through the weights (the paper). ``False`` lets it flow,
@@ -192,6 +278,13 @@ def ikl_loss(
             or shapes compiles (seconds to a minute); the values equal the eager path's to rounding.
             Inside a caller's ``torch.compile`` (a compiled training step) the outer graph compiles the
             loss either way.
+        labels: optional ``[...]`` integer labels (the logits' leading shape); positions equal to
+            ``ignore_index`` (padding, prompt tokens) contribute nothing and ``"mean"`` averages the others.
+            With every position ignored the loss is 0 with zero gradients.
+        ignore_index: the label value that marks an ignored position (default -100).
+        num_items_in_batch: divide the sum by this instead of the number of valid positions under ``"mean"``:
+            the valid positions of all micro-batches of an accumulated step, so their gradients add up to
+            the large batch's.
 
     Example:
         >>> student, teacher = torch.randn(8, 100, requires_grad=True), torch.randn(8, 100)
@@ -201,6 +294,7 @@ def ikl_loss(
     return _ikl_family(
         student_logits, teacher_logits, mse_weight, ce_weight, temperature,
         weights, weight_temperature, detach_weights, reduction, gamma=None, compiled=compiled,
+        labels=labels, ignore_index=ignore_index, num_items_in_batch=num_items_in_batch,
     )  # fmt: skip
 
 
@@ -218,6 +312,10 @@ def gkl_loss(
     gamma: float = 1.0,
     reduction: str = "mean",
     compiled: bool = False,
+    labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    mass_sq_sum: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Generalized KL (Cui et al., TPAMI 2026): IKL with smoothed weights and a mass-normalised wMSE.
 
@@ -237,11 +335,21 @@ def gkl_loss(
     of the default weights ``softmax(t / T_w)`` (before ``** gamma``), and does nothing when ``weights`` is
     given.
 
-    ``gamma`` must be finite and ``>= 0`` (0 gives uniform weights). Other arguments as in :func:`ikl_loss`.
+    ``gamma`` must be finite and ``>= 0`` (0 gives uniform weights). ``labels``, ``ignore_index`` and
+    ``num_items_in_batch`` work as in :func:`ikl_loss`; the normaliser sums over the valid positions only.
+
+    Gradient accumulation: the normaliser spans the whole batch, so micro-batches equal one large batch when
+    each is given ``num_items_in_batch`` and ``mass_sq_sum``, the large batch's :math:`\sum_b W_b^2` (e.g.
+    ``(prior.weights(labels) ** gamma).sum(-1).square().sum()`` over its valid positions). Without
+    ``mass_sq_sum`` a micro-batch uses its own mean of :math:`W_b^2`, which is the same when every row's weights
+    have one mass (``gamma = 1`` with rows that sum to 1). With ``mass_sq_sum`` (or ``num_items_in_batch``) the
+    weights get no gradient through the normaliser, and the mass is read back to the host once per call.
+    Other arguments as in :func:`ikl_loss`.
     """
     return _ikl_family(
         student_logits, teacher_logits, mse_weight, ce_weight, temperature,
         weights, weight_temperature, detach_weights, reduction, gamma=gamma, compiled=compiled,
+        labels=labels, ignore_index=ignore_index, num_items_in_batch=num_items_in_batch, mass_sq_sum=mass_sq_sum,
     )  # fmt: skip
 
 
@@ -258,6 +366,7 @@ class DKLLoss(nn.Module):
         temperature: float = 1.0,
         reduction: str = "mean",
         compiled: bool = False,
+        ignore_index: int = -100,
     ) -> None:
         super().__init__()
         _check_dkl_options(mse_weight, ce_weight, temperature)
@@ -267,17 +376,26 @@ class DKLLoss(nn.Module):
         self.temperature = temperature
         self.reduction = reduction
         self.compiled = compiled
+        self.ignore_index = ignore_index
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        *,
+        labels: torch.Tensor | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return dkl_loss(
             student_logits, teacher_logits, mse_weight=self.mse_weight, ce_weight=self.ce_weight,
             temperature=self.temperature, reduction=self.reduction, compiled=self.compiled,
+            labels=labels, ignore_index=self.ignore_index, num_items_in_batch=num_items_in_batch,
         )  # fmt: skip
 
     def extra_repr(self) -> str:
         return (
             f"mse_weight={self.mse_weight!r}, ce_weight={self.ce_weight!r}, temperature={self.temperature!r}, "
-            f"reduction={self.reduction!r}, compiled={self.compiled!r}"
+            f"reduction={self.reduction!r}, compiled={self.compiled!r}, ignore_index={self.ignore_index!r}"
         )
 
 
@@ -296,10 +414,12 @@ class IKLLoss(nn.Module):
         detach_weights: bool = True,
         reduction: str = "mean",
         compiled: bool = False,
+        ignore_index: int = -100,
     ) -> None:
         super().__init__()
         _check_ikl_options(mse_weight, ce_weight, temperature, weight_temperature, gamma=None)
         check_reduction(reduction)
+        self.ignore_index = ignore_index
         self.mse_weight = mse_weight
         self.ce_weight = ce_weight
         self.temperature = temperature
@@ -309,15 +429,24 @@ class IKLLoss(nn.Module):
         self.compiled = compiled
 
     def forward(
-        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, weights: torch.Tensor | None = None
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        *,
+        labels: torch.Tensor | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return ikl_loss(student_logits, teacher_logits, weights=weights, **self._options())
+        return ikl_loss(
+            student_logits, teacher_logits, weights=weights, labels=labels, num_items_in_batch=num_items_in_batch,
+            **self._options(),
+        )  # fmt: skip
 
     def _options(self) -> dict:
         return dict(
             mse_weight=self.mse_weight, ce_weight=self.ce_weight, temperature=self.temperature,
             weight_temperature=self.weight_temperature, detach_weights=self.detach_weights,
-            reduction=self.reduction, compiled=self.compiled,
+            reduction=self.reduction, compiled=self.compiled, ignore_index=self.ignore_index,
         )  # fmt: skip
 
     def extra_repr(self) -> str:
@@ -342,19 +471,30 @@ class GKLLoss(IKLLoss):
         detach_weights: bool = True,
         reduction: str = "mean",
         compiled: bool = False,
+        ignore_index: int = -100,
     ) -> None:
         check_non_negative("gamma", gamma, hint="0 gives uniform weights")
         super().__init__(
             mse_weight=mse_weight, ce_weight=ce_weight, temperature=temperature,
             weight_temperature=weight_temperature, detach_weights=detach_weights, reduction=reduction,
-            compiled=compiled,
+            compiled=compiled, ignore_index=ignore_index,
         )  # fmt: skip
         self.gamma = gamma
 
     def forward(
-        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, weights: torch.Tensor | None = None
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        *,
+        labels: torch.Tensor | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        mass_sq_sum: float | torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return gkl_loss(student_logits, teacher_logits, weights=weights, gamma=self.gamma, **self._options())
+        return gkl_loss(
+            student_logits, teacher_logits, weights=weights, gamma=self.gamma, labels=labels,
+            num_items_in_batch=num_items_in_batch, mass_sq_sum=mass_sq_sum, **self._options(),
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma!r}, {super().extra_repr()}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,6 +18,7 @@ from ._checks import (
     reduce,
 )
 from ._precision import full_precision
+from ._tokens import over_tokens
 
 
 def _binary_log_probs(log_probs: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
@@ -37,6 +40,17 @@ def _check_dkd_options(tckd_weight: float, nckd_weight: float, temperature: floa
     check_positive("temperature", temperature)
 
 
+def _needs_tokens(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, num_items_in_batch: object
+) -> bool:
+    """Token-shaped input, ``num_items_in_batch`` or an ignored target: the path of :func:`over_tokens`."""
+    if not isinstance(logits, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        return False  # check_logits_pair / check_targets say what is wrong
+    if logits.dim() != 2 or targets.dim() != 1 or num_items_in_batch is not None:
+        return True
+    return bool((targets == ignore_index).any())
+
+
 @full_precision
 def dkd_loss(
     student_logits: torch.Tensor,
@@ -47,6 +61,8 @@ def dkd_loss(
     nckd_weight: float = 8.0,
     temperature: float = 4.0,
     reduction: str = "mean",
+    ignore_index: int = -100,
+    num_items_in_batch: int | torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""DKD of Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022.
 
@@ -67,20 +83,35 @@ def dkd_loss(
     result is exact. Gradients flow into both logits (detach the teacher for distillation).
 
     Args:
-        student_logits: ``[B, C]``.
-        teacher_logits: ``[B, C]``.
-        targets: ``[B]`` integer labels in ``[0, C)``.
+        student_logits: ``[B, C]``, or ``[..., V]`` for tokens.
+        teacher_logits: the student's shape.
+        targets: ``[B]`` (or ``[...]``) integer labels in ``[0, C)``, or ``ignore_index`` for a position that
+            contributes nothing (padding, prompt tokens).
         tckd_weight: the paper's ``alpha``, finite and ``>= 0`` (1.0 in every published config).
         nckd_weight: the paper's ``beta``, finite and ``>= 0`` (8.0 for most CIFAR-100 pairs, 2.0 or 6.0 for some).
         temperature: ``T > 0``, divides both logits; the loss carries the ``T^2`` factor (4 on CIFAR-100, 1 on
             ImageNet).
-        reduction: ``"mean"`` over the batch (``"batchmean"`` is an alias), ``"sum"`` or ``"none"`` (``[B]``).
+        reduction: ``"mean"`` over the valid positions (``"batchmean"`` is an alias), ``"sum"`` or ``"none"``
+            (``[B]``, or ``[...]`` with zeros at ignored positions).
+        ignore_index: the target value that marks an ignored position (default -100). With every position
+            ignored the loss is 0 with zero gradients.
+        num_items_in_batch: divide the sum by this instead of the number of valid positions under ``"mean"``
+            (the valid positions of all micro-batches of an accumulated step).
     """
+    _check_dkd_options(tckd_weight, nckd_weight, temperature)
+    reduction = check_reduction(reduction)
+    if _needs_tokens(student_logits, targets, ignore_index, num_items_in_batch):
+        loss_fn = functools.partial(
+            dkd_loss, tckd_weight=tckd_weight, nckd_weight=nckd_weight, temperature=temperature,
+            ignore_index=ignore_index,
+        )  # fmt: skip
+        return over_tokens(
+            loss_fn, student_logits, teacher_logits, labels=targets, ignore_index=ignore_index,
+            num_items_in_batch=num_items_in_batch, reduction=reduction, pass_labels=True,
+        )  # fmt: skip
     check_logits_pair(student_logits, teacher_logits)
     batch, num_classes = student_logits.shape
     check_targets(targets, batch, num_classes)
-    _check_dkd_options(tckd_weight, nckd_weight, temperature)
-    reduction = check_reduction(reduction)
     dtype = compute_dtype(student_logits, teacher_logits)
     student = student_logits.to(dtype) / temperature
     teacher = teacher_logits.to(dtype) / temperature
@@ -108,9 +139,15 @@ class DKDLoss(nn.Module):
     """
 
     def __init__(
-        self, tckd_weight: float = 1.0, nckd_weight: float = 8.0, temperature: float = 4.0, reduction: str = "mean"
+        self,
+        tckd_weight: float = 1.0,
+        nckd_weight: float = 8.0,
+        temperature: float = 4.0,
+        reduction: str = "mean",
+        ignore_index: int = -100,
     ) -> None:
         super().__init__()
+        self.ignore_index = ignore_index
         _check_dkd_options(tckd_weight, nckd_weight, temperature)
         check_reduction(reduction)
         self.tckd_weight = tckd_weight
@@ -119,15 +156,21 @@ class DKDLoss(nn.Module):
         self.reduction = reduction
 
     def forward(
-        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        num_items_in_batch: int | torch.Tensor | None = None,
     ) -> torch.Tensor:
         return dkd_loss(
             student_logits, teacher_logits, targets, tckd_weight=self.tckd_weight, nckd_weight=self.nckd_weight,
-            temperature=self.temperature, reduction=self.reduction,
+            temperature=self.temperature, reduction=self.reduction, ignore_index=self.ignore_index,
+            num_items_in_batch=num_items_in_batch,
         )  # fmt: skip
 
     def extra_repr(self) -> str:
         return (
             f"tckd_weight={self.tckd_weight!r}, nckd_weight={self.nckd_weight!r}, "
-            f"temperature={self.temperature!r}, reduction={self.reduction!r}"
+            f"temperature={self.temperature!r}, reduction={self.reduction!r}, ignore_index={self.ignore_index!r}"
         )
