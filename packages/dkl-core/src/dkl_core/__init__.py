@@ -12,6 +12,10 @@ from .losses import (
     KLLoss,
     dkd_loss,
     dkl_loss,
+    fused_linear_dkd_loss,
+    fused_linear_gkl_loss,
+    fused_linear_ikl_loss,
+    fused_linear_kl_loss,
     gkl_loss,
     hcl_loss,
     ikl_loss,
@@ -25,4 +29,5 @@ __all__ = [
     "ClassPrior",
     "DKDLoss", "DKLLoss", "GKLLoss", "HCLLoss", "IKLLoss", "KLLoss",
     "dkd_loss", "dkl_loss", "gkl_loss", "hcl_loss", "ikl_loss", "kl_loss",
+    "fused_linear_dkd_loss", "fused_linear_gkl_loss", "fused_linear_ikl_loss", "fused_linear_kl_loss",
 ]  # fmt: skip
