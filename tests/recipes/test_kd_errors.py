@@ -5,22 +5,35 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from dkl_recipe_kd.train import KDConfig, TeacherError, build_teacher, distillation_loss, main, warmup_factor
+from dkl_recipe_kd.methods import TeacherError, build_reviewkd, build_teacher
+from dkl_recipe_kd.train import KDConfig, build_method, main
 
 from dkl_core import ClassPrior, ikl_loss, kl_loss
 from dkl_train.config import ConfigError, load_config
+from dkl_train.data import get_spec
 from dkl_train.models import create_model
 from tests.recipes.conftest import write_mdistiller_checkpoint
+
+DIGITS = get_spec("digits")
 
 
 def kd_config(*overrides: str) -> KDConfig:
     return load_config(KDConfig, None, ["dataset=digits", "teacher=resnet8", "teacher_checkpoint=t.pth", *overrides])
 
 
+def distillation_loss(config: KDConfig, s, t, y, prior: ClassPrior | None = None, epoch: int = 0):
+    """The loss the config's method computes for student logits ``s``, teacher logits ``t``, labels ``y``."""
+    method = build_method(config)
+    method.teacher = lambda images: t  # the method only calls its teacher on the batch's images
+    method.prior = prior
+    method.start_epoch(epoch)
+    return method.loss(lambda images: s, {"image": torch.zeros(len(y), 1), "label": y})
+
+
 def test_kd_baseline_is_mdistillers_weighting():
     s, t, y = torch.randn(6, 10), torch.randn(6, 10), torch.randint(0, 10, (6,))
     config = kd_config("method=kd", "label_ce_weight=0.1", "kd_weight=0.9", "warmup_epochs=0")
-    loss, terms = distillation_loss(config, s, t, y, ClassPrior(10), epoch=0)
+    loss, terms = distillation_loss(config, s, t, y, epoch=0)
     expected = 0.1 * F.cross_entropy(s, y) + 0.9 * kl_loss(s, t, temperature=4.0)
     assert torch.allclose(loss, expected) and set(terms) == {"ce", "kd"}
 
@@ -33,7 +46,9 @@ def test_ikl_uses_the_prior_rows_and_the_warm_up():
     config = kd_config("method=ikl", "use_prior=true", "mse_weight=8", "warmup_epochs=20")
     loss, _ = distillation_loss(config, s, t, y, prior, epoch=4)
     term = ikl_loss(s, t, mse_weight=8.0, ce_weight=1.0, temperature=4.0, weights=prior.weights(y))
-    assert warmup_factor(config, 4) == 0.25 and torch.allclose(loss, F.cross_entropy(s, y) + 0.25 * term)
+    method = build_method(config)
+    method.start_epoch(4)
+    assert method.ramp == 0.25 and torch.allclose(loss, F.cross_entropy(s, y) + 0.25 * term)
 
 
 def test_compiled_loss_equals_eager():
@@ -50,14 +65,16 @@ def test_compiled_loss_equals_eager():
 
 def test_mdistiller_teacher_loads_strictly(tmp_path):
     path = write_mdistiller_checkpoint(tmp_path / "resnet8_vanilla" / "ckpt_epoch_240.pth", "resnet8", 10, seed=5)
-    teacher = build_teacher(kd_config("method=kd", f"teacher_checkpoint={path}"), 10)
+    teacher = build_teacher(build_method(kd_config("method=kd", f"teacher_checkpoint={path}")).settings, DIGITS)
     saved = torch.load(path)["model"]
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     assert all(torch.equal(v, saved[k]) for k, v in teacher.state_dict().items())
     saved["extra.weight"] = torch.zeros(1)
     torch.save({"model": saved}, tmp_path / "extra.pth")
     with pytest.raises(TeacherError, match="extra.weight"):
-        build_teacher(kd_config("method=kd", f"teacher_checkpoint={tmp_path / 'extra.pth'}"), 10)
+        build_teacher(
+            build_method(kd_config("method=kd", f"teacher_checkpoint={tmp_path / 'extra.pth'}")).settings, DIGITS
+        )
 
 
 def test_class_count_mismatch_says_what_to_do(tmp_path, digits_dir, capsys):
@@ -118,7 +135,7 @@ def test_every_config_parses_and_builds_its_models():
         config = load_config(KDConfig, path)
         classes = get_spec(config.dataset).num_classes
         names = [(config.student, config.student_kwargs)] + (
-            [(config.teacher, config.teacher_kwargs)] if config.teacher else []
+            [(config.teacher, config.teacher_kwargs)] if config.method != "ce" else []
         )
         for name, kwargs in names:
             key = (name + str(kwargs), classes)
@@ -137,8 +154,6 @@ def test_every_reviewkd_config_fits_its_teacher_and_student():
     """Each pair's released ABF channels and sizes match what our models give (one dummy forward per pair)."""
     from pathlib import Path
 
-    from dkl_recipe_kd.train import build_reviewkd
-
     from dkl_train.data import get_spec
 
     configs = sorted(Path("recipes/kd/configs").glob("*_reviewkd.yaml"))
@@ -148,21 +163,20 @@ def test_every_reviewkd_config_fits_its_teacher_and_student():
         spec = get_spec(config.dataset)
         student = create_model(config.student, spec.num_classes, **config.student_kwargs)
         teacher = create_model(config.teacher, spec.num_classes, **config.teacher_kwargs).eval()
-        model = build_reviewkd(config, student, teacher, spec.image_size)  # raises ConfigError on a mismatch
+        settings = build_method(config).settings
+        model = build_reviewkd(settings, student, teacher, spec.image_size)  # raises ConfigError on a mismatch
         assert len(model.abfs) == len(config.reviewkd_in_channels), path
 
 
 def test_reviewkd_levels_that_do_not_fit_say_which_setting_to_change():
-    from dkl_recipe_kd.train import build_reviewkd
-
     levels = ["method=reviewkd", "student=resnet8", "reviewkd_shapes=[1,8,16,32]"]
     student, teacher = create_model("resnet8", 10), create_model("resnet8", 10).eval()
     config = kd_config(*levels, "reviewkd_in_channels=[16,32,64,64]", "reviewkd_out_channels=[16,32,64,32]")
     with pytest.raises(ConfigError, match=r"do not match resnet8's levels .*reviewkd_out_channels"):
-        build_reviewkd(config, student, teacher, 32)
+        build_reviewkd(build_method(config).settings, student, teacher, 32)
     config = kd_config(*levels, "reviewkd_in_channels=[16,32,64,128]", "reviewkd_out_channels=[16,32,64,64]")
-    with pytest.raises(ConfigError, match=r"reviewkd_in_channels \[16, 32, 64, 128\].*do not fit resnet8's features"):
-        build_reviewkd(config, student, teacher, 32)
+    with pytest.raises(ConfigError, match=r"reviewkd_in_channels \[16, 32, 64, 128\].*do not fit the student's"):
+        build_reviewkd(build_method(config).settings, student, teacher, 32)
     with pytest.raises(ConfigError, match="one entry per feature level"):
         kd_config(*levels, "reviewkd_in_channels=[16,32,64]", "reviewkd_out_channels=[16,32,64,64]")
 
@@ -205,7 +219,7 @@ def test_imagenet_configs_are_the_released_runs():
     for name, config in configs.items():
         assert config.mixed_precision == "no", name  # the released ImageNet runs had no autocast
         assert (config.epochs, config.batch_size, config.lr) == (100, 512, 0.2), name
-        assert config.temperature == 1.0 or config.method == "reviewkd", name  # ReviewKD has no logit temperature
+        assert config.method == "reviewkd" or config.temperature == 1.0, name  # ReviewKD has no logit temperature
         if "resnet18" in name:
             assert config.student_kwargs == {"zero_init_last": False}, name
         else:

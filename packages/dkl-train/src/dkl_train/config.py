@@ -20,6 +20,7 @@ import argparse
 import ast
 import dataclasses
 import difflib
+import functools
 import inspect
 import io
 import math
@@ -31,12 +32,15 @@ import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import yaml
 
 from .atomic import write_text_atomic
 from .errors import UserError, record_error
+
+if TYPE_CHECKING:
+    from .methods import Registry
 
 C = TypeVar("C")
 
@@ -61,6 +65,9 @@ class BaseConfig:
     """
 
     recipe: ClassVar[str | None] = None  # the recipe's name (kd, adv, ssl), recorded in results.json; not a setting
+    # Config fields that name a method class ({"method": registry}): the chosen class's Settings join the schema
+    # (dkl_train.methods; resolve_schema).
+    components: ClassVar[dict[str, Any]] = {}  # {field: dkl_train.methods.Registry}
     # Settings a resumed run may change (they do not change what it computes): anything else differing from
     # the run's config.yaml stops the resume (see dkl_train.resuming). Recipes add theirs.
     resume_safe: ClassVar[frozenset[str]] = frozenset({
@@ -311,26 +318,63 @@ RENAMED = {
 }
 
 
-def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
+def _readers(schema: type, key: str) -> dict[str, list[str]]:
+    """``{component field: names of the methods whose settings include key}`` (only fields with such methods)."""
+    readers: dict[str, list[str]] = {}
+    for field, registry in getattr(schema, "components", {}).items():
+        names = [cls.name for cls in registry if key in {f.name for f in dataclasses.fields(cls.Settings)}]
+        if names:
+            readers[field] = names
+    return readers
+
+
+def _method_keys(schema: type) -> list[str]:
+    """Every setting of every registered method of ``schema``'s components."""
+    return sorted({key for field in getattr(schema, "components", {}) for key in _all_settings(schema, field)})
+
+
+def _all_settings(schema: type, field: str) -> set[str]:
+    return {f.name for cls in schema.components[field] for f in dataclasses.fields(cls.Settings)}
+
+
+def _unknown_key(key: str, valid: list[str], where: str, schema: type | None = None) -> ConfigError:
+    readers = _readers(schema, key) if schema is not None else {}
+    if readers:
+        chosen = getattr(schema, "chosen", {})
+        field, names = next(iter(readers.items()))
+        now = f"{field}={chosen[field].name}" if field in chosen else "this run"
+        return ConfigError(
+            f"{key!r} is read by {field}={' | '.join(names)}, not by {now}: remove it, or choose one of those "
+            f"(`--help` lists each {field}'s settings)"
+        )
     if RENAMED.get(key) in valid:
         location = f" in {where}" if where else ""
         return ConfigError(
             f"config key {key!r}{location} is now called {RENAMED[key]!r} (the same setting, one name in every "
             f"recipe). Did you mean {RENAMED[key]!r}? Rename it in the config or override: {RENAMED[key]}=..."
         )
-    close = difflib.get_close_matches(key, valid, n=1)
+    elsewhere = _method_keys(schema) if schema is not None else []
+    close = difflib.get_close_matches(key, valid + [k for k in elsewhere if k not in valid], n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
+    if close and close[0] not in valid:
+        field, names = next(iter(_readers(schema, close[0]).items()))
+        hint = f" Did you mean {close[0]!r} (read by {field}={' | '.join(names)})?"
     location = f" in {where}" if where else ""
     return ConfigError(f"unknown config key {key!r}{location}.{hint} Valid keys: {', '.join(sorted(valid))}")
 
 
 def build_config(schema: type[C], values: dict[str, Any], where: str = "") -> C:
-    """Instantiate ``schema`` from a mapping, coercing types and rejecting unknown keys."""
+    """Instantiate ``schema`` from a mapping, coercing types and rejecting unknown keys.
+
+    A schema with ``components`` becomes the schema of the chosen methods first (:func:`resolve_schema`),
+    and each chosen method's ``check`` sees the finished config.
+    """
+    schema = resolve_schema(schema, values)
     fields = _fields(schema)
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
-            raise _unknown_key(key, list(fields), where)
+            raise _unknown_key(key, list(fields), where, schema)
         kwargs[key] = _coerce(value, fields[key][1], f"{where}.{key}" if where else key)
     try:
         config = schema(**kwargs)
@@ -339,7 +383,46 @@ def build_config(schema: type[C], values: dict[str, Any], where: str = "") -> C:
     validate = getattr(config, "validate", None)
     if callable(validate):
         validate()
+    for method in chosen_methods(config).values():
+        method.check(config)
     return config
+
+
+# ----------------------------------------------------------------------------------------------
+# Methods' own settings (dkl_train.methods)
+
+
+def resolve_schema(schema: type[C], values: dict[str, Any]) -> type[C]:
+    """``schema`` plus the ``Settings`` of the method each component field of ``values`` names (else its default)."""
+    components = getattr(schema, "components", {})
+    if not components or getattr(schema, "chosen", None) is not None:
+        return schema
+    defaults = {f.name: _default(f) for f in dataclasses.fields(schema)}
+    chosen = tuple(registry.get(str(values.get(field, defaults[field]))) for field, registry in components.items())
+    return _with_settings(schema, chosen)
+
+
+@functools.cache
+def _with_settings(schema: type, chosen: tuple[type, ...]) -> type:
+    """One dataclass per (schema, chosen methods): the schema's fields, then each method's settings."""
+    own = set(_fields(schema))
+    settings: list[type] = []
+    for method in chosen:
+        clash = own & {f.name for f in dataclasses.fields(method.Settings)}
+        if clash:
+            raise TypeError(f"{method.__name__}.Settings redefines {sorted(clash)} of {schema.__name__}")
+        if method.Settings not in settings and dataclasses.fields(method.Settings):
+            settings.append(method.Settings)
+    combined = dataclasses.make_dataclass(schema.__name__, [], bases=(*reversed(settings), schema))
+    combined.__module__, combined.__qualname__ = schema.__module__, schema.__qualname__
+    combined.__doc__ = schema.__doc__
+    combined.chosen = dict(zip(schema.components, chosen, strict=True))
+    return combined
+
+
+def chosen_methods(config: Any) -> dict[str, type]:
+    """``{component field: the method class the config chose}`` (empty for a schema without components)."""
+    return dict(getattr(type(config), "chosen", None) or {})
 
 
 def _set_dotted(values: dict[str, Any], dotted: str, value: Any, schema: type) -> None:
@@ -349,7 +432,7 @@ def _set_dotted(values: dict[str, Any], dotted: str, value: Any, schema: type) -
     for depth, key in enumerate(keys):
         fields = _fields(current)
         if key not in fields:
-            raise _unknown_key(key, list(fields), ".".join(keys[:depth]) or "the command line")
+            raise _unknown_key(key, list(fields), ".".join(keys[:depth]) or "the command line", current)
         if depth == len(keys) - 1:
             node[key] = value
             return
@@ -388,11 +471,13 @@ def load_config(schema: type[C], path: str | Path | None = None, overrides: Sequ
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path} must contain a mapping of settings, got {type(loaded).__name__}")
         values = loaded or {}
-        fields = _fields(schema)
-        for key in values:
-            if key not in fields:
-                raise _unknown_key(key, list(fields), str(path))
-    for dotted, value in parse_overrides(overrides):
+    pairs = parse_overrides(overrides)
+    schema = resolve_schema(schema, {**values, **dict(pairs)})  # the method's settings join the schema
+    fields = _fields(schema)
+    for key in values:
+        if key not in fields:
+            raise _unknown_key(key, list(fields), str(path), schema)
+    for dotted, value in pairs:
         _set_dotted(values, dotted, value, schema)
     if values.get("resume") == "auto":
         raise ConfigError(
@@ -506,13 +591,45 @@ def _as_yaml_value(value: Any) -> Any:
 
 
 def config_help(schema: type) -> str:
-    """The field listing of ``--help``: ``key: type = default`` and its meaning on the next line."""
+    """The field listing of ``--help``: ``key: type = default`` and its meaning on the next line.
+
+    The recipe's own fields first, then each method's settings, grouped by the methods that read them.
+    """
     lines = ["config fields (override any as key=value, in YAML syntax; nested fields as a.b=value):"]
-    for key, tp, default, meaning in describe_fields(schema):
+    lines += _field_lines(describe_fields(schema))
+    for field, registry in getattr(schema, "components", {}).items():
+        lines += ["", *_method_settings_help(field, registry)]
+    return "\n".join(lines)
+
+
+def _field_lines(rows: list[tuple[str, str, str, str]]) -> list[str]:
+    lines = []
+    for key, tp, default, meaning in rows:
         lines.append(f"  {key}: {tp} = {default}")
         if meaning:
             lines.append(f"      {meaning}")
-    return "\n".join(lines)
+    return lines
+
+
+def _method_settings_help(field: str, registry: Registry) -> list[str]:
+    """The settings of every method of ``registry``, one group per set of methods that read them."""
+    readers: dict[str, list[str]] = {}
+    rows: dict[str, tuple[str, str, str, str]] = {}
+    for cls in registry:
+        for row in describe_fields(cls.Settings):
+            readers.setdefault(row[0], []).append(cls.name)
+            rows.setdefault(row[0], row)
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for key, names in readers.items():
+        groups.setdefault(tuple(names), []).append(key)
+    lines = [f"settings of each {field} (a setting the chosen {field} does not read is refused):"]
+    for names, keys in groups.items():
+        lines.append(f" read by {field}={' | '.join(names)}:")
+        lines += _field_lines([rows[key] for key in keys])
+    without = [cls.name for cls in registry if not dataclasses.fields(cls.Settings)]
+    if without:
+        lines.append(f" {field}={' | '.join(without)}: no settings of its own")
+    return lines
 
 
 def parse_config(schema: type[C], argv: Sequence[str] | None = None, description: str = "") -> C:
