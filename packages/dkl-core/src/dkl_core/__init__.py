@@ -21,12 +21,12 @@ from .losses import (
     ikl_loss,
     kl_loss,
 )  # fmt: skip
-from .prior import ClassPrior
+from .prior import ClassPrior, TopKClassPrior, TopKRows
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ClassPrior",
+    "ClassPrior", "TopKClassPrior", "TopKRows",
     "DKDLoss", "DKLLoss", "GKLLoss", "HCLLoss", "IKLLoss", "KLLoss",
     "dkd_loss", "dkl_loss", "gkl_loss", "hcl_loss", "ikl_loss", "kl_loss",
     "fused_linear_dkd_loss", "fused_linear_gkl_loss", "fused_linear_ikl_loss", "fused_linear_kl_loss",

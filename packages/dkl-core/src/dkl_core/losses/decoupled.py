@@ -148,7 +148,7 @@ def _ikl_family(
         if gamma is not None and (num_items_in_batch is not None or mass_sq_sum is not None):
             # The normaliser sum_b W_b^2 is the accumulated batch's (or this one's, scaled): IKL's rows with
             # w^gamma and the wMSE weight rescaled to it.
-            divisor = num_items_in_batch if reduction == "mean" else None
+            divisor = num_items_in_batch if reduction == "mean" and mass_sq_sum is not None else None
             loss_fn = functools.partial(gkl_rows, gamma=gamma, mass_sq_sum=mass_sq_sum, divisor=divisor, **options)
         else:
             loss_fn = functools.partial(

@@ -40,9 +40,7 @@ def _check_dkd_options(tckd_weight: float, nckd_weight: float, temperature: floa
     check_positive("temperature", temperature)
 
 
-def _needs_tokens(
-    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, num_items_in_batch: object
-) -> bool:
+def _needs_tokens(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, num_items_in_batch: object) -> bool:
     """Token-shaped input, ``num_items_in_batch`` or an ignored target: the path of :func:`over_tokens`."""
     if not isinstance(logits, torch.Tensor) or not isinstance(targets, torch.Tensor):
         return False  # check_logits_pair / check_targets say what is wrong

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from ._checks import check_non_negative, check_positive, check_reduction
 from ._tokens import check_num_items, valid_rows
@@ -199,9 +200,7 @@ def _default_chunk(vocab: int, rows: int) -> int:
     return max(1, min(size, max(rows, 1)))
 
 
-def _check_layer(
-    prefix: str, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-) -> tuple[int, int]:
+def _check_layer(prefix: str, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[int, int]:
     """``hidden`` ``[..., H]``, ``weight`` ``[V, H]``, ``bias`` ``[V]``; returns ``(V, H)``."""
     for name, tensor in ((f"{prefix}_hidden", hidden), (f"{prefix}_weight", weight)):
         if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
@@ -396,7 +395,9 @@ def fused_linear_kl_loss(
     """
     check_positive("temperature", temperature)
 
-    def loss_fn(student, teacher, labels, weights, reduction):
+    def loss_fn(
+        student: Tensor, teacher: Tensor, labels: Tensor | None, weights: Tensor | None, reduction: str
+    ) -> Tensor:
         return kl_loss(student, teacher, temperature=temperature, reduction=reduction)
 
     return _fused(
@@ -406,8 +407,12 @@ def fused_linear_kl_loss(
     )  # fmt: skip
 
 
-def _ikl_chunk_fn(mse_weight, ce_weight, temperature, weight_temperature):
-    def loss_fn(student, teacher, labels, weights, reduction):
+def _ikl_chunk_fn(
+    mse_weight: float, ce_weight: float, temperature: float, weight_temperature: float
+) -> Callable[..., Tensor]:
+    def loss_fn(
+        student: Tensor, teacher: Tensor, labels: Tensor | None, weights: Tensor | None, reduction: str
+    ) -> Tensor:
         return ikl_loss(
             student, teacher, mse_weight=mse_weight, ce_weight=ce_weight, temperature=temperature,
             weights=weights, weight_temperature=weight_temperature, reduction=reduction,
@@ -471,7 +476,13 @@ def fused_linear_ikl_loss(
 
 
 def _gkl_mass(
-    mse_weight, ce_weight, temperature, weight_temperature, gamma, mass_sq_sum, num_items_in_batch
+    mse_weight: float,
+    ce_weight: float,
+    temperature: float,
+    weight_temperature: float,
+    gamma: float,
+    mass_sq_sum: float | Tensor | None,
+    num_items_in_batch: int | Tensor | None,
 ) -> Callable[[_Plan], Callable]:
     """The chunk loss of GKL once its normaliser is known: IKL on ``w ** gamma`` with the wMSE weight
     ``mse_weight * rows / sum_b W_b^2`` (``rows``: the divisor of ``"mean"``, the valid rows otherwise)."""
@@ -484,11 +495,15 @@ def _gkl_mass(
             mass = torch.zeros((), dtype=plan.compute_dtype, device=plan.rows.device)
             for _, _, _, _, teacher, weights in _chunks(plan):
                 mass += gkl_weights(teacher, weights, weight_temperature, gamma).sum(dim=1).square().sum()
-        rows = num_items_in_batch if (plan.reduction == "mean" and num_items_in_batch is not None) else None
-        rows = plan.rows.numel() if rows is None else rows
+        # mse_weight * (rows of the mean) / (the whole batch's sum W^2); without mass_sq_sum the whole batch is
+        # taken to have this call's mean W^2, which makes it mse_weight * (valid rows) / (this call's sum W^2).
+        accumulated = plan.reduction == "mean" and num_items_in_batch is not None and mass_sq_sum is not None
+        rows = num_items_in_batch if accumulated else plan.rows.numel()
         ikl = _ikl_chunk_fn(mass_scaled_weight(mse_weight, rows, mass), ce_weight, temperature, weight_temperature)
 
-        def loss_fn(student, teacher, labels, weights, reduction):
+        def loss_fn(
+            student: Tensor, teacher: Tensor, labels: Tensor | None, weights: Tensor | None, reduction: str
+        ) -> Tensor:
             return ikl(student, teacher, labels, gkl_weights(teacher, weights, weight_temperature, gamma), reduction)
 
         return loss_fn
@@ -589,7 +604,9 @@ def fused_linear_dkd_loss(
     """
     _check_dkd_options(tckd_weight, nckd_weight, temperature)
 
-    def loss_fn(student, teacher, labels, weights, reduction):
+    def loss_fn(
+        student: Tensor, teacher: Tensor, labels: Tensor | None, weights: Tensor | None, reduction: str
+    ) -> Tensor:
         return dkd_loss(
             student, teacher, labels, tckd_weight=tckd_weight, nckd_weight=nckd_weight, temperature=temperature,
             reduction=reduction,
