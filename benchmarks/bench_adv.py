@@ -29,14 +29,15 @@ from benchmarks._common import device_name, synchronize, time_side_by_side, writ
 def make_step(method, model, images, labels, device, dtype):
     """A closure running one full training step of ``method`` with the recipe's functions."""
     from dkl_recipe_adv.attack import epoch_attack
-    from dkl_recipe_adv.train import AdvConfig, step_loss
+    from dkl_recipe_adv.train import AdvConfig, build_method, step_loss
 
-    from dkl_core import ClassPrior
     from dkl_core.attacks import AdversarialWeightPerturbation
+    from dkl_train.config import build_config
 
-    config = AdvConfig(method=method, dataset="cifar10", epochs=200)
+    config = build_config(AdvConfig, {"method": method, "dataset": "cifar10", "epochs": 200})
     schedule = epoch_attack(config, 199)  # the last epoch: full eps, 5 steps of eps/2
-    prior = ClassPrior(10, temperature=4.0, device=device)
+    adv_method = build_method(config)
+    adv_method.attach(device, 10)  # the class prior of ikl/gkl
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     awp = AdversarialWeightPerturbation(model, gamma=0.005, lr=0.01)
     batch = {"image": images, "label": labels}
@@ -46,7 +47,7 @@ def make_step(method, model, images, labels, device, dtype):
 
     def step():
         model.train()
-        loss, _ = step_loss(config, model, model, batch, schedule, prior, awp, autocast)
+        loss, _ = step_loss(config, adv_method, model, model, batch, schedule, awp, autocast)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

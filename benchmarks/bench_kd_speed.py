@@ -43,40 +43,44 @@ def method_config(stem: str, method: str, batch_size: int):
     """The KD config of ``method`` for the pair (CE: the IKL config's student trained alone)."""
     from dkl_recipe_kd.train import KDConfig
 
-    from dkl_train.config import load_config
+    from dkl_train.config import load_config, with_method
 
     path = REPO / "recipes" / "kd" / "configs" / f"{stem}_{'ikl' if method == 'ce' else method}.yaml"
-    overrides = [f"batch_size={batch_size}", "output_dir=unused"] + (["method=ce"] if method == "ce" else [])
-    return load_config(KDConfig, path, overrides)
+    config = load_config(KDConfig, path, [f"batch_size={batch_size}", "output_dir=unused"])
+    return with_method(config, "ce") if method == "ce" else config
 
 
 def make_step(config, device: torch.device, dtype: torch.dtype | None, batch: dict[str, torch.Tensor]):
-    """One training iteration of ``config`` as the recipe computes it: a closure over fresh models and optimiser."""
-    from dkl_recipe_kd.train import build_reviewkd, step_loss
+    """One training iteration of ``config`` as the recipe computes it: a closure over fresh models and optimiser.
 
-    from dkl_core import ClassPrior
+    The recipe's own method object computes the loss; only the teacher is given (random weights, no file).
+    """
+    from dkl_recipe_kd.train import build_method
+
+    from dkl_train.data import get_spec
     from dkl_train.models import create_model
     from dkl_train.optim import build_optimizer
 
     torch.manual_seed(0)
-    student = create_model(config.student, 1000, **config.student_kwargs)
+    spec = get_spec("imagenet")
+    method = build_method(config)
+    student = create_model(config.student, spec.num_classes, **config.student_kwargs)
     teacher = None
-    if config.method != "ce":
-        teacher = create_model(config.teacher, 1000, **config.teacher_kwargs).eval().requires_grad_(False)
-    trained = build_reviewkd(config, student, teacher, 224) if config.method == "reviewkd" else student
+    if getattr(config, "teacher", None):
+        teacher = create_model(config.teacher, spec.num_classes, **config.teacher_kwargs).eval().requires_grad_(False)
+    trained = method.build(student, spec, teacher=teacher)
     memory_format = torch.channels_last if config.channels_last and device.type == "cuda" else torch.preserve_format
     trained.to(device, memory_format=memory_format)
-    if teacher is not None:
-        teacher.to(device, memory_format=memory_format)
     optimizer = build_optimizer(config, trained.parameters())
-    prior = ClassPrior(1000, temperature=config.weight_temperature, device=device)
 
     def autocast() -> contextlib.AbstractContextManager:
         return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
+    method.attach(device, autocast, lambda module: module.to(device, memory_format=memory_format))
+    method.start_epoch(100)  # after the warm-up ramp: every term at full weight, as in most of a run
+
     def step() -> None:
-        # After the warm-up ramp (epoch 100): every term at full weight, as in most of a run.
-        loss, _ = step_loss(config, trained, teacher, prior, batch, 100, autocast)
+        loss, _ = method.loss(trained, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from dkl_core import ClassPrior
 from dkl_core.attacks import AttackSchedule, attack_schedule, ikl_attack_loss, pgd, ramped_epsilon
+from dkl_train.config import chosen_methods
 
 if TYPE_CHECKING:
     from dkl_recipe_adv.train import AdvConfig
@@ -17,14 +18,11 @@ RELEASED_BUDGETS = ("high_as_released", "high", "low")  # dkl_core.attacks.attac
 
 
 def resolved_attack_loss(config: AdvConfig) -> str:
-    """``auto``: CE for pgd_at; sCE + wMSE (prior weights) for ikl/gkl on CIFAR-100; the KL/sCE term otherwise."""
+    """``auto``: the method's choice (:meth:`~dkl_recipe_adv.methods.AdvMethod.auto_attack_loss`: CE for pgd_at;
+    sCE + wMSE with prior weights for ikl/gkl on CIFAR-100; the KL/sCE term otherwise)."""
     if config.attack_loss != "auto":
         return config.attack_loss
-    if config.method == "pgd_at":
-        return "ce"
-    if config.method in ("ikl", "gkl") and config.dataset == "cifar100":
-        return "ikl"
-    return "kl"
+    return chosen_methods(config)["method"].auto_attack_loss(config.dataset)
 
 
 def epoch_attack(config: AdvConfig, epoch: int) -> AttackSchedule:
@@ -36,7 +34,12 @@ def epoch_attack(config: AdvConfig, epoch: int) -> AttackSchedule:
 
 
 def adversarial_images(
-    config: AdvConfig, model: nn.Module, images: Tensor, labels: Tensor, schedule: AttackSchedule, prior: ClassPrior
+    config: AdvConfig,
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    schedule: AttackSchedule,
+    prior: ClassPrior | None,
 ) -> Tensor:
     """The inner maximisation of one batch (eval mode; :func:`dkl_core.attacks.pgd` with the epoch's schedule).
 

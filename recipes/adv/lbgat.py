@@ -23,6 +23,7 @@ from dkl_train.evaluation import evaluate
 from dkl_train.optim import learning_rate
 
 if TYPE_CHECKING:
+    from dkl_recipe_adv.methods import LBGATSettings
     from dkl_recipe_adv.train import AdvConfig
 
     from dkl_train.training import Run
@@ -50,7 +51,7 @@ class LBGATPair(nn.Module):
         return self.robust(x_adv), self.robust(x), self.natural(x)
 
 
-def with_natural_model(config: AdvConfig, robust: nn.Module, num_classes: int) -> LBGATPair:
+def with_natural_model(config: LBGATSettings, robust: nn.Module, num_classes: int) -> LBGATPair:
     """``robust`` paired with a fresh ``config.natural_model`` (LBGAT's ``resnet18_lbgat`` by default)."""
     from dkl_train.models import create_model
 
@@ -77,7 +78,7 @@ def set_first_epoch_lr(optimizer: torch.optim.Optimizer, config: AdvConfig, epoc
         group["lr_scale"] = scale
 
 
-def finish_natural(config: AdvConfig, run: Run, natural: nn.Module, test_loader: Any, num_classes: int) -> dict:
+def finish_natural(config: LBGATSettings, run: Run, natural: nn.Module, test_loader: Any, num_classes: int) -> dict:
     """Save the natural model beside the robust one and report its clean test accuracy."""
     run.save_model(
         natural, NATURAL_FILE, weights="natural", arch=config.natural_model, num_classes=num_classes,

@@ -15,7 +15,7 @@ TINY = ["epochs=1", "max_steps_per_epoch=2", "batch_size=16", "eval_subset=32", 
 
 
 METHODS = ["ce", "kd", "dkd", "reviewkd", "ikl", "gkl"]
-# ReviewKD's levels for resnet8 -> resnet8 (every method's run gets them; only reviewkd reads them).
+# ReviewKD's levels for resnet8 -> resnet8 (only reviewkd's run gets them: a method refuses settings it does not read).
 REVIEWKD = ["reviewkd_in_channels=[16,32,64,64]", "reviewkd_out_channels=[16,32,64,64]", "reviewkd_shapes=[1,8,16,32]"]
 
 

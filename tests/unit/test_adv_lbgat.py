@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from dkl_recipe_adv.attack import adversarial_images, epoch_attack
 from dkl_recipe_adv.lbgat import LBGATPair, set_first_epoch_lr
-from dkl_recipe_adv.train import AdvConfig, training_loss
+from dkl_recipe_adv.train import AdvConfig, build_method
 from torch import nn
 
 from dkl_core import ClassPrior
@@ -37,6 +37,10 @@ class _Logged(nn.Module):
         return self.inner(x)
 
 
+def adv_config(**values) -> AdvConfig:
+    return build_config(AdvConfig, values)
+
+
 def _net(seed: int, classes: int = 5) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
@@ -48,7 +52,9 @@ def test_loss_is_the_released_formula_and_reaches_both_models():
     log: list = []
     pair = LBGATPair(_Logged("robust", log, _net(0)), _Logged("natural", log, _net(1))).train()
     x, x_adv, y = torch.rand(6, 3, 4, 4), torch.rand(6, 3, 4, 4), torch.tensor([0, 1, 2, 3, 4, 0])
-    loss, terms, t = training_loss(AdvConfig(method="lbgat", awp=False, trades_beta=6.0), pair, x, x_adv, y, None, 1)
+    loss, terms, t = build_method(adv_config(method="lbgat", awp=False, trades_beta=6.0)).training_loss(
+        pair, x, x_adv, y, None
+    )
     # lbgat.py: out_adv = model(x_adv), out_natural = model(x), out = model_teacher(x), in that order
     assert [(name, inp) for name, inp in log] == [("robust", x_adv), ("robust", x), ("natural", x)]
     out_adv, out_natural, out = pair(x, x_adv)  # train mode: BN of each batch on its own, the same logits again

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from dkl_recipe_adv.attack import adversarial_images, epoch_attack, resolved_attack_loss
-from dkl_recipe_adv.train import AdvConfig, robust_loss, step_loss, training_loss
+from dkl_recipe_adv.train import AdvConfig, build_method, step_loss
 from torch import nn
 
 from dkl_core import ClassPrior, gkl_loss, ikl_loss, kl_loss
@@ -19,8 +19,12 @@ from dkl_train.config import ConfigError, build_config
 EPS = 8 / 255
 
 
+def adv_config(**values) -> AdvConfig:
+    return build_config(AdvConfig, values)
+
+
 def schedule_table(budget: str, epochs: int = 200) -> list[tuple[int, float, float]]:
-    config = AdvConfig(epochs=epochs, budget=budget)
+    config = adv_config(epochs=epochs, budget=budget)
     return [(s.steps, s.step_size / s.eps, s.eps) for s in (epoch_attack(config, e) for e in range(epochs))]
 
 
@@ -29,7 +33,7 @@ def test_faithful_high_budget_is_five_half_steps_all_run():
     table = schedule_table("high_as_released")
     assert {steps for steps, _, _ in table} == {5}
     assert all(ratio == pytest.approx(0.5) for _, ratio, _ in table)
-    assert AdvConfig().budget == "high_as_released"  # the default reproduces the released checkpoints
+    assert adv_config().budget == "high_as_released"  # the default reproduces the released checkpoints
 
 
 def test_intended_high_budget_steps_up_by_quarter():
@@ -48,17 +52,17 @@ def test_intended_high_budget_steps_up_by_quarter():
 def test_eps_ramps_linearly_over_the_run():
     eps = [e for _, _, e in schedule_table("high_as_released")]
     assert eps[0] == pytest.approx(EPS / 200) and eps[99] == pytest.approx(EPS / 2) and eps[-1] == pytest.approx(EPS)
-    fixed = AdvConfig(epochs=10, budget="fixed", eps_ramp=False, attack_steps=10, attack_step_size=2 / 255)
+    fixed = adv_config(epochs=10, budget="fixed", eps_ramp=False, attack_steps=10, attack_step_size=2 / 255)
     assert [(s.eps, s.steps, s.step_size) for s in (epoch_attack(fixed, 0), epoch_attack(fixed, 9))] == [
         (pytest.approx(EPS), 10, 2 / 255)
     ] * 2
 
 
 def test_attack_loss_by_dataset_and_method():
-    assert resolved_attack_loss(AdvConfig(dataset="cifar10")) == "kl"
-    assert resolved_attack_loss(AdvConfig(dataset="cifar100")) == "ikl"
-    assert resolved_attack_loss(AdvConfig(dataset="cifar100", method="trades")) == "kl"
-    assert resolved_attack_loss(AdvConfig(method="pgd_at")) == "ce"
+    assert resolved_attack_loss(adv_config(dataset="cifar10")) == "kl"
+    assert resolved_attack_loss(adv_config(dataset="cifar100")) == "ikl"
+    assert resolved_attack_loss(adv_config(dataset="cifar100", method="trades")) == "kl"
+    assert resolved_attack_loss(adv_config(method="pgd_at")) == "ce"
 
 
 def _tiny_model() -> nn.Module:
@@ -73,7 +77,7 @@ def test_default_attack_is_dkl_core_inner_maximization(dataset):
     prior = ClassPrior(5)
     prior.update(torch.randn(6, 5), labels)
     prior.end_epoch()
-    config = AdvConfig(dataset=dataset, epochs=8)
+    config = adv_config(dataset=dataset, epochs=8)
     torch.manual_seed(1)
     ours = adversarial_images(config, model, images, labels, epoch_attack(config, 5), prior)
     torch.manual_seed(1)
@@ -89,12 +93,12 @@ def test_losses_are_the_papers_formulas():
     torch.manual_seed(0)
     t, s, y = torch.randn(8, 5), torch.randn(8, 5), torch.randint(0, 5, (8,))
     w = torch.softmax(torch.randn(5, 5), dim=1)[y]
-    loss, terms = robust_loss(AdvConfig(method="ikl"), t, s, y, w)
+    loss, terms = build_method(adv_config(method="ikl")).view_loss(t, s, y, w)
     expected = F.cross_entropy(t, y) + ikl_loss(s, t, mse_weight=20.0, ce_weight=3.0, weights=w)
     assert torch.allclose(loss, expected) and set(terms) == {"ce", "ikl"}
-    loss, _ = robust_loss(AdvConfig(method="trades", trades_beta=6.0), t, s, y, None)
+    loss, _ = build_method(adv_config(method="trades", trades_beta=6.0)).view_loss(t, s, y, None)
     assert torch.allclose(loss, F.cross_entropy(t, y) + 6.0 * kl_loss(s, t))
-    loss, _ = robust_loss(AdvConfig(method="pgd_at"), None, s, y, None)
+    loss, _ = build_method(adv_config(method="pgd_at")).view_loss(None, s, y, None)
     assert torch.allclose(loss, F.cross_entropy(s, y))
 
 
@@ -104,7 +108,7 @@ def test_compiled_loss_equals_eager():
     w = torch.softmax(torch.randn(5, 5), dim=1)[y]
     results = []
     for compiled in (False, True):
-        loss, _ = robust_loss(AdvConfig(method="ikl", compile_loss=compiled), t, s, y, w)
+        loss, _ = build_method(adv_config(method="ikl", compile_loss=compiled)).view_loss(t, s, y, w)
         results.append((loss.detach(), *torch.autograd.grad(loss, (t, s))))
     for eager, compiled in zip(*results, strict=True):
         torch.testing.assert_close(compiled, eager)
@@ -117,8 +121,8 @@ def test_autoaug_loss_is_the_released_one(method, gamma):
     model = _tiny_model()
     x, x_adv, y = torch.rand(8, 3, 4, 4), torch.rand(8, 3, 4, 4), torch.randint(0, 5, (8,))
     w = torch.softmax(torch.randn(5, 5), dim=1)[y]
-    config = AdvConfig(method=method, gamma=gamma, autoaug_weight=0.3, ce_weight=4.0)
-    both, terms, _ = training_loss(config, model, x, x_adv, y, w, halves=2)
+    config = adv_config(method=method, autoaug_weight=0.3, ce_weight=4.0, **({"gamma": gamma} if method == "gkl" else {}))
+    both, terms, _ = build_method(config).training_loss(model, x, x_adv, y, w, (1.0, 0.3))
     t, s = model(x), model(x_adv)
     term = gkl_loss if method == "gkl" else ikl_loss
     extra = {"gamma": gamma} if method == "gkl" else {}
@@ -148,7 +152,7 @@ def test_adversarial_forward_comes_first():
     # BN running statistics end each step on the natural batch, as in the released scripts
     model = _Recorder(_tiny_model()).train()
     x, x_adv, y = torch.rand(4, 3, 4, 4), torch.rand(4, 3, 4, 4), torch.randint(0, 5, (4,))
-    training_loss(AdvConfig(method="trades"), model, x, x_adv, y, None, halves=1)
+    build_method(adv_config(method="trades")).training_loss(model, x, x_adv, y, None)
     assert len(model.seen) == 2 and torch.equal(model.seen[0], x_adv) and torch.equal(model.seen[1], x)
 
 
@@ -169,7 +173,7 @@ class _RecordingAWP:
 
 def test_autoaug_step_prior_from_basic_view_and_unweighted_awp_proxy():
     model = _tiny_model()
-    config = AdvConfig(method="ikl", dataset="cifar100", augmentation="autoaug", autoaug_weight=0.3)
+    config = adv_config(method="ikl", dataset="cifar100", augmentation="autoaug", autoaug_weight=0.3)
     basic, augmented, y = torch.rand(4, 3, 4, 4), torch.rand(4, 3, 4, 4), torch.tensor([0, 1, 2, 0])
     prior = ClassPrior(5, temperature=4.0)
     prior.update(torch.randn(8, 5), torch.randint(0, 5, (8,)))
@@ -178,7 +182,9 @@ def test_autoaug_step_prior_from_basic_view_and_unweighted_awp_proxy():
     awp = _RecordingAWP(model)
     schedule = AttackSchedule(eps=EPS, step_size=EPS / 2, steps=2)
     batch = {"image": basic, "image_aug": augmented, "label": y}
-    step_loss(config, model, model, batch, schedule, prior, awp)
+    method = build_method(config)
+    method.prior = prior
+    step_loss(config, method, model, model, batch, schedule, awp)
     adversarial, natural = awp.proxy.seen
     assert torch.equal(natural, torch.cat([basic, augmented])) and adversarial.shape == natural.shape
     # AWP's proxy ascends CE + ikl over the doubled batch as one, without the view weight
@@ -199,7 +205,7 @@ def test_autoaugment_view_crops_and_flips_first_then_fills_grey():
 
     from dkl_train.data import TwoViews, get_spec
 
-    views = train_transform(AdvConfig(dataset="cifar100", augmentation="autoaug"), get_spec("cifar100"))
+    views = train_transform(adv_config(dataset="cifar100", augmentation="autoaug"), get_spec("cifar100"))
     assert isinstance(views, TwoViews)
     kinds = [type(step) for step in views.augmented.transforms]
     assert kinds[:3] == [v2.RandomCrop, v2.RandomHorizontalFlip, v2.AutoAugment], kinds
@@ -213,13 +219,13 @@ def test_released_cosine_formulas():
 
     from dkl_train.optim import learning_rate
 
-    shifted = AdvConfig(lr=0.2, epochs=200, lr_schedule="cosine_shifted")
+    shifted = adv_config(lr=0.2, epochs=200, lr_schedule="cosine_shifted")
     # the released DKL scripts: lr/2 (1 + cos(pi e / (E + 1))) for 1-based e, set once per epoch
     for epoch in (0, 99, 199):
         expected = 0.1 * (1 + math.cos(math.pi * (epoch + 1) / 201))
         assert learning_rate(shifted, epoch) == pytest.approx(expected, rel=1e-12)
     # the released TRADES script: lr/2 (1 + cos(pi (e - 1) / E)), our "cosine"
-    plain = AdvConfig(lr=0.2, epochs=200, lr_schedule="cosine")
+    plain = adv_config(lr=0.2, epochs=200, lr_schedule="cosine")
     assert [learning_rate(plain, e) for e in (0, 100)] == [pytest.approx(0.2), pytest.approx(0.1)]
 
 
@@ -311,7 +317,7 @@ def test_released_rows_run_as_released(name, method, weights, gamma, aug_weight)
         200, 0.2, "cosine_shifted", "high_as_released", True
     )  # fmt: skip
     assert config.robust_val_size == 0 and config.project_start is False  # all 50,000 images; unprojected start
-    assert AdvConfig().robust_val_size == 0  # held-out robust validation is opt-in everywhere
+    assert adv_config().robust_val_size == 0  # held-out robust validation is opt-in everywhere
     assert config.awp and config.checkpoint_average and config.average_new_weight == 0.1
 
 

@@ -417,7 +417,16 @@ def _with_settings(schema: type, chosen: tuple[type, ...]) -> type:
     combined.__module__, combined.__qualname__ = schema.__module__, schema.__qualname__
     combined.__doc__ = schema.__doc__
     combined.chosen = dict(zip(schema.components, chosen, strict=True))
+    combined.base_schema = schema
     return combined
+
+
+def with_method(config: C, name: str, field: str = "method") -> C:
+    """``config`` with another method: settings the new method does not read are dropped, its own take defaults."""
+    schema = getattr(type(config), "base_schema", type(config))
+    own = {f.name for f in dataclasses.fields(schema)}
+    values = {k: v for k, v in config_to_dict(config).items() if k in own}
+    return build_config(schema, {**values, field: name})
 
 
 def chosen_methods(config: Any) -> dict[str, type]:
