@@ -17,7 +17,7 @@ unexport PYTHONDONTWRITEBYTECODE
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: help install test test-unit lint format bench bench-kd-speed clean
+.PHONY: help install test test-unit lint format bench bench-kd-speed bench-vocab clean
 
 help: ## List every target with a one-line description
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,6 +48,10 @@ bench: install ## Speed/memory ratios side by side; writes benchmarks/results/*.
 
 bench-kd-speed: install ## The paper's training-speed column: s/iter of CE, KD, DKD, ReviewKD, IKL-KD, GKL-KD on both ImageNet pairs, on this device
 	$(PY) -m benchmarks --only kd_speed $(ARGS)
+
+bench-vocab: install ## Distillation at vocabulary scale: dense vs fused KL/IKL/GKL/DKD beside Liger-Kernel's chunked KL; writes benchmarks/results/vocab_<device>.*
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt -r requirements/bench-vocab.txt
+	$(PY) -m benchmarks --only vocab $(ARGS)
 
 clean: ## Remove caches (keeps .venv, data/ and runs/)
 	find . -name __pycache__ -prune -exec rm -rf {} + ; rm -rf .pytest_cache .ruff_cache
