@@ -15,7 +15,7 @@ import copy
 from pathlib import Path
 
 import torch
-from dkl_recipe_ssl.train import SSLConfig, build_optimizer, ssl_loss
+from dkl_recipe_ssl.train import SSLConfig, build_method, build_optimizer
 
 from benchmarks._common import device_name, time_side_by_side, write_results
 from dkl_train.averaging import ema_model
@@ -49,7 +49,7 @@ def make_step(config: SSLConfig, model: torch.nn.Module, batch: tuple[dict, dict
     """One training iteration of the recipe (the same calls as its loop, without the Accelerator)."""
     optimizer = build_optimizer(config, model)
     ema = ema_model(model, config.ema_decay)
-    teacher = ema.module if config.method == "meanteacher" else None
+    method = build_method(config, teacher=ema.module)
     device_type = next(model.parameters()).device.type
     state = {"iteration": config.warmup_iters}
 
@@ -58,7 +58,7 @@ def make_step(config: SSLConfig, model: torch.nn.Module, batch: tuple[dict, dict
             group["lr"] = iteration_learning_rate(config, state["iteration"]) * group.get("lr_scale", 1.0)
         context = torch.autocast(device_type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
         with context:
-            loss, _ = ssl_loss(config, model, teacher, *batch, state["iteration"])
+            loss, _ = method.loss(model, *batch, state["iteration"])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

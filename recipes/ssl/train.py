@@ -3,30 +3,10 @@
     accelerate launch recipes/ssl/train.py --config recipes/ssl/configs/cifar100_200_fixmatch_ikl.yaml
 
 Per iteration: a labeled batch ``(x, y)`` of ``batch_size`` images and an unlabeled batch of
-``uratio * batch_size`` images, each seen as two views. The loss is
-``CE(f(x), y) + unsup_weight * ramp * mean_b(mask_b * consistency_b)`` where the mean runs over the
-*whole* unlabeled batch (masked samples count as zeros, as USB and the released DKL code do) and
-``mask_b = [max softmax(t_b) >= p_cutoff]``.
-
-- ``fixmatch``: ``t`` = logits of the weak view, ``s`` = logits of the strong view, one forward pass
-  over ``[labeled, weak, strong]`` (USB's ``use_cat``).
-  ``consistency=ce``: ``-sum_j q_j log softmax(s)_j`` with pseudo-label ``q`` chosen by ``pseudo_label``:
-  ``soft`` (default) ``q = softmax(S(t))``, the weak view's probabilities unchanged, which is what the
-  released FixMatch ran (its config names ``T: 0.5``, but it hands probabilities to a pseudo-label
-  step that then skips the sharpening); ``sharpened`` ``q = softmax(S(t) / pseudo_temperature)``;
-  ``hard`` the one-hot argmax (USB's stock FixMatch config).
-- ``meanteacher``: ``t`` = logits of the EMA model (``ema_decay`` 0.999, under ``no_grad``) on one weak
-  view, ``s`` = logits of the model on a second weak view (as USB: MeanTeacher's "strong" view is a
-  weak one). ``consistency=mse``: ``mean_j (softmax(s)_j - softmax(S(t))_j)^2``. The mask is the DKL
-  authors' addition (upstream USB has none). ``unsup_warmup`` is USB's linear ramp of the
-  unsupervised weight over that fraction of the iterations; it defaults to 0 (no ramp), as the
-  released MeanTeacher ran: its loss leaves the ramp factor commented out.
-- ``consistency=ikl``: dkl-core's ``ikl_loss(s, t, reduction="none")`` per sample: ``mse_weight * wMSE
-  + ce_weight * sCE(temperature)`` with weights ``softmax(t / weight_temperature)``. In FixMatch
-  ``t`` is *not* detached (the weak and strong views share one forward pass, and the released code let
-  the wMSE gradient reach both). ``detach_weights=false`` is what the released code ran (the gradient
-  also flows through the weights) and what the paper numbers came from; ``true`` is the formula as
-  the paper writes it.
+``uratio * batch_size`` images, each seen as two views. The methods (``fixmatch``, ``meanteacher``) and
+their consistency losses (``ce``, ``mse``, ``ikl``) are classes in :mod:`dkl_recipe_ssl.methods` (the loss,
+the targets, the settings of each); your own: ``method=my_methods.py:MyMethod`` (a subclass of
+:class:`dkl_recipe_ssl.methods.SSLMethod`) or ``consistency=...:MyLoss`` (of ``Consistency``).
 
 The rest is USB's protocol (README.md has each setting against the released code): a seeded
 ``labels_per_class`` draw (every training image stays unlabeled too; ``val_per_class`` holds out a
@@ -46,11 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
-from dkl_recipe_ssl.losses import ssl_loss
+from dkl_recipe_ssl.methods import CONSISTENCIES, SSL_METHODS, SSLMethod
 from torch import nn
 
 from dkl_train.averaging import ema_model
-from dkl_train.config import ConfigError, IterationConfig, parse_config
+from dkl_train.config import ConfigError, IterationConfig, chosen_methods, parse_config
 from dkl_train.data import (
     DatasetSpec,
     DeviceNormalize,
@@ -67,9 +47,7 @@ from dkl_train.randaugment import strong_transform, weak_transform
 from dkl_train.results import selected_by_validation
 from dkl_train.training import Run
 
-METHODS = ("fixmatch", "meanteacher")
-# The consistency loss each method was published with, and the IKL replacement.
-ORIGINAL_CONSISTENCY = {"fixmatch": "ce", "meanteacher": "mse"}
+METHODS = SSL_METHODS.names()  # the paper's column order
 USB_CHECKPOINT_URL = "https://github.com/microsoft/Semi-supervised-learning/releases/download/v.0.0.0/vit_small_patch2_32_mlp_im_1k_32.pth"
 # Seed offset of the unlabeled stream, so its augmentations never replay the labeled ones.
 UNLABELED_SEED_OFFSET = 1_000_003
@@ -84,9 +62,10 @@ class SSLConfig(IterationConfig):
     """One semi-supervised run, in iterations. Batch sizes are global; Run's ``epochs`` are derived (periods)."""
 
     recipe: ClassVar[str] = "ssl"
+    components: ClassVar[dict] = {"method": SSL_METHODS, "consistency": CONSISTENCIES}
 
-    method: Literal["fixmatch", "meanteacher"] = "fixmatch"  # the SSL algorithm
-    consistency: Literal["ce", "mse", "ikl"] = "ce"  # ce: FixMatch's, mse: MeanTeacher's, ikl: dkl-core's
+    method: str = "fixmatch"  # the SSL algorithm: fixmatch | meanteacher, or your own file.py:Class
+    consistency: str = "ce"  # ce: FixMatch's, mse: MeanTeacher's, ikl: dkl-core's, or your own file.py:Class
     model: str = "vit_small_patch2_32"  # the backbone (a dkl_train.models name)
     model_kwargs: dict[str, Any] = field(default_factory=lambda: {"drop_path_rate": 0.2})  # create_model options
     pretrained: str | None = None  # USB's vit_small_patch2_32_mlp_im_1k_32.pth (weights under "model")
@@ -95,23 +74,7 @@ class SSLConfig(IterationConfig):
     val_per_class: int = 0  # held-out labeled validation images per class (0 = none, USB's protocol)
     uratio: int = 1  # unlabeled batch = uratio * batch_size
     layer_decay: float | None = 0.5  # timm's layer-wise lr decay (null: one lr for every layer)
-    # --- SSL losses ---
-    unsup_weight: float = 1.0  # USB's ulb_loss_ratio
-    # Linear ramp of unsup_weight over this fraction of the iterations: USB's MeanTeacher option (its
-    # configs: 0.4); 0 = off, as the released MeanTeacher ran.
-    unsup_warmup: float = 0.0
-    p_cutoff: float = 0.95  # confidence mask threshold on the target's softmax
-    # FixMatch ce targets: soft = softmax(t) (the released code), sharpened = softmax(t / pseudo_temperature),
-    # hard = one-hot argmax (USB's stock config).
-    pseudo_label: Literal["soft", "sharpened", "hard"] = "soft"
-    pseudo_temperature: float = 0.5  # T of pseudo_label=sharpened (FixMatch's 0.5)
     ema_decay: float = 0.999  # EMA model (MeanTeacher's teacher; evaluated next to the model)
-    # --- IKL consistency (dkl-core's names; released code: alpha = ce_weight, beta = mse_weight) ---
-    mse_weight: float = 1.0  # ikl: wMSE weight (released code: beta)
-    ce_weight: float = 1.0  # ikl: soft cross-entropy weight (released code: alpha)
-    temperature: float = 1.0  # ikl: T of the sCE term
-    weight_temperature: float = 1.0  # T2 of the weights softmax(t / T2)
-    detach_weights: bool = False  # false: as the released code ran (paper numbers); true: the paper's formula
     # --- strong augmentation: USB's RandAugment (each op's magnitude drawn over its whole range) + Cutout ---
     randaugment_ops: int = 3  # ops per image, drawn with replacement (USB: 3)
     cutout: float = 0.5  # Cutout side U(0, cutout) x the image width, always applied (USB: 0.5; 0: none)
@@ -127,19 +90,11 @@ class SSLConfig(IterationConfig):
 
     def validate(self) -> None:
         super().validate()
-        allowed = (ORIGINAL_CONSISTENCY[self.method], "ikl")
-        if self.consistency not in allowed:
-            raise ConfigError(
-                f"method={self.method} takes consistency={' or '.join(allowed)}, not {self.consistency!r} "
-                f"({ORIGINAL_CONSISTENCY[self.method]} is its published loss)"
-            )
         for name in ("labels_per_class", "uratio"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.pseudo_temperature <= 0:
-            raise ConfigError(f"pseudo_temperature must be > 0, got {self.pseudo_temperature}")
         if not 0.0 <= self.cutout <= 1.0:
             raise ConfigError(f"cutout is a fraction of the image width in [0, 1] (USB: 0.5), got {self.cutout}")
         if self.randaugment_ops < 0:
@@ -174,7 +129,7 @@ def build_data(config: SSLConfig) -> SSLData:
         weak = weak_transform(spec, output="uint8")
         second = (
             weak
-            if config.method == "meanteacher"
+            if chosen_methods(config)["method"].second_view == "weak"
             else strong_transform(spec, num_ops=config.randaugment_ops, cutout=config.cutout, output="uint8")
         )
     else:  # exactness tests: no randomness in the data at all
@@ -254,6 +209,14 @@ def build_optimizer(config: SSLConfig, model: nn.Module) -> torch.optim.Optimize
 # Training
 
 
+def build_method(config: SSLConfig, teacher: nn.Module | None = None) -> SSLMethod:
+    """The config's method with its consistency loss, each built from its own settings; ``teacher``: the EMA model."""
+    chosen = chosen_methods(config)
+    method = chosen["method"].from_config(config)
+    method.attach(chosen["consistency"].from_config(config), teacher, config.iterations)
+    return method
+
+
 def evaluate_both(model: nn.Module, ema: nn.Module, loader: Any, run: Run) -> dict[str, float]:
     """Top-1/top-5/loss of the model and, prefixed ``ema_``, of its EMA, on one prepared loader."""
     metrics = {k: v for k, v in evaluate(model, loader, run.accelerator).items() if k != "samples"}
@@ -289,14 +252,12 @@ def train(config: SSLConfig) -> dict[str, Any]:
         f"{config.iterations}, {accelerator.num_processes} process(es) x {config.batch_size // accelerator.num_processes}"
         f"+{unlabeled_batch // accelerator.num_processes} images"
     )
-    teacher = ema.module if config.method == "meanteacher" else None
-    if teacher is not None:
-        teacher.train()  # USB's teacher forward runs in train mode (stochastic depth on), without gradients
+    method = build_method(config, teacher=ema.module)
 
     def compute_loss(pair: tuple[dict[str, Any], dict[str, Any]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labeled, unlabeled = pair  # on the device, normalised (iteration_loader)
         with accelerator.autocast():
-            return ssl_loss(config, model, teacher, labeled, unlabeled, run.state.global_step)
+            return method.loss(model, labeled, unlabeled, run.state.global_step)
 
     unwrapped = accelerator.unwrap_model(model)
     # Periods of eval_every_iters iterations: USB's lr per iteration, an EMA update per step.

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dkl_recipe_ssl.losses import confidence_mask, consistency_loss, ssl_loss, unsup_ramp
-from dkl_recipe_ssl.train import PretrainedError, SSLConfig, build_model
+from dkl_recipe_ssl.methods import confidence_mask
+from dkl_recipe_ssl.train import PretrainedError, SSLConfig, build_method, build_model
 from PIL import Image
 
 from dkl_core import ikl_loss
@@ -24,6 +24,16 @@ from dkl_train.results import selected_by_validation
 from tests.unit.test_models_published import random_state_dict, usb_vit_small_patch2_32
 
 CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "ssl" / "configs"
+
+
+def consistency_loss(config: SSLConfig, s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The config's consistency loss, ``mean_b(mask_b * loss_b)``."""
+    return build_method(config, teacher=torch.nn.Identity()).consistency.loss(s, t, mask)
+
+
+def ssl_loss(config: SSLConfig, model, teacher, labeled, unlabeled, iteration: int):
+    """The loss of one iteration of the config's method (``teacher``: MeanTeacher's EMA model)."""
+    return build_method(config, teacher=teacher).loss(model, labeled, unlabeled, iteration)
 
 
 def digits_labels() -> list[int]:
@@ -69,7 +79,7 @@ def _image(seed: int = 0) -> Image.Image:
 
 def test_weak_and_strong_views_differ_and_are_reproducible_per_sample():
     spec = get_spec("cifar100")
-    config = SSLConfig()
+    config = build_config(SSLConfig, {})
     rows = [{"image": _image(i), "label": i % 3} for i in range(4)]
     dataset = TransformedDataset(
         rows,
@@ -246,7 +256,7 @@ def test_meanteacher_weighs_the_consistency_fully_from_the_first_iteration():
     labeled, unlabeled = _tiny_batches()
     for name in ("cifar100_200_meanteacher.yaml", "cifar100_200_meanteacher_ikl.yaml"):
         config = load_config(SSLConfig, CONFIGS / name, ["p_cutoff=0.0"])
-        assert unsup_ramp(config, 0) == 1.0
+        assert build_method(config, teacher).ramp(0) == 1.0
         loss, terms = ssl_loss(config, model, teacher, labeled, unlabeled, iteration=0)
         assert terms["unsup_loss"] > 0
         torch.testing.assert_close(loss.detach(), terms["sup_loss"] + terms["unsup_loss"])
@@ -255,7 +265,7 @@ def test_meanteacher_weighs_the_consistency_fully_from_the_first_iteration():
         torch.testing.assert_close(
             ssl_loss(ramped, model, teacher, labeled, unlabeled, 0)[0].detach(), terms["sup_loss"]
         )
-        assert unsup_ramp(ramped, ramped.iterations // 5) == pytest.approx(0.5)
+        assert build_method(ramped, teacher).ramp(ramped.iterations // 5) == pytest.approx(0.5)
 
 
 def test_paper_configs_are_the_released_settings():
