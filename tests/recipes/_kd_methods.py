@@ -25,9 +25,15 @@ def method_arguments(root, method: str, arguments: list[str]) -> list[str]:
     overrides = [a for a in arguments if "=" in a and not a.startswith("--")]
     values = {k: v for k, v in yaml.safe_load(open(config_file)).items() if k in valid}
     values.update((k, v) for k, v in parse_overrides(overrides) if k in valid)
-    path = root / f"{method}.yaml"
-    path.write_text(yaml.safe_dump({**values, "method": method, "output_dir": str(root / method)}))
+    name = run_name(method)
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**values, "method": method, "output_dir": str(root / name)}))
     return ["--config", str(path)]
+
+
+def run_name(method: str) -> str:
+    """The run folder's name: the method's, or the class name of one given as ``file.py:Class``."""
+    return method.rpartition(":")[2]
 
 
 if __name__ == "__main__":
