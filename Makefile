@@ -136,7 +136,7 @@ reproduce-adv: install ## Train + AutoAttack an adv config over seeds, then repo
 # compared with the README's sample.
 DEMO_RUNS ?= runs/demo
 # Extra overrides per recipe; the test suite runs the demo with one epoch per stage this way:
-# DEMO_KD_ARGS="epochs=1 warmup_epochs=0" ... Any of them (or ARGS/EVAL_ARGS) changes the runs, so the
+# DEMO_KD_ARGS="epochs=1" ... Any of them (or ARGS/EVAL_ARGS) changes the runs, so the
 # table is then not compared with the README's.
 DEMO_KD_ARGS ?=
 DEMO_SSL_ARGS ?=

@@ -79,6 +79,25 @@ def launch_runs(script: str | Path, root: Path, names: list[str], *args: str) ->
     return root
 
 
+def config_for_method(schema: type, config_file: str | Path, overrides: list[str], method: str, path: Path) -> Path:
+    """``config_file`` + ``overrides`` with ``method=method``, cut down to the settings that method reads, at ``path``.
+
+    The smoke launches run every method of a recipe from one shared config and one list of overrides; a method
+    refuses another's settings, so each run gets a config file of its own.
+    """
+    import dataclasses
+
+    import yaml
+
+    from dkl_train.config import parse_overrides, resolve_schema
+
+    valid = {f.name for f in dataclasses.fields(resolve_schema(schema, {"method": method}))}
+    values = yaml.safe_load(Path(config_file).read_text()) or {}
+    values.update(parse_overrides(overrides))
+    path.write_text(yaml.safe_dump({**{k: v for k, v in values.items() if k in valid}, "method": method}))
+    return path
+
+
 def launched_runs(argv: list[str]) -> tuple[Path, list[str], list[str]]:
     """In a script started by :func:`launch_runs`: ``(root, names, the other arguments)``."""
     return Path(argv[1]), argv[2].split(","), argv[3:]

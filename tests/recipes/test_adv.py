@@ -117,11 +117,13 @@ if __name__ == "__main__" and sys.argv[1] == "--eval-small-budget":  # launched 
     small_autoattack_budgets()
     evaluate_main(sys.argv[2:])
 elif __name__ == "__main__":  # launched by the smoke fixture: every method in one process
-    from dkl_recipe_adv.train import main
+    from dkl_recipe_adv.train import AdvConfig, main
 
-    from tests.recipes.conftest import launched_runs
+    from tests.recipes.conftest import config_for_method, launched_runs
 
     root, methods, overrides = launched_runs(sys.argv)
     for method in methods:
-        main(["--config", CONFIG, *TINY, *overrides, *EXTRA.get(method, []), f"method={method}",
-              f"output_dir={root / method}"])  # fmt: skip
+        # One shared config and overrides; each method gets the settings it reads (it refuses the others).
+        shared = [*TINY, *overrides, *EXTRA.get(method, [])]
+        config = config_for_method(AdvConfig, CONFIG, shared, method, root / f"{method}.yaml")
+        main(["--config", str(config), f"output_dir={root / method}"])

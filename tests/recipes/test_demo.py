@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 REDUCED = {
-    "DEMO_KD_ARGS": "epochs=1 warmup_epochs=0",
+    "DEMO_KD_ARGS": "epochs=1",  # for every KD run: the teacher's CE reads no warmup_epochs
     "DEMO_SSL_ARGS": "iterations=20 eval_every_iters=20",
     "DEMO_ADV_ARGS": "epochs=1 awp_warmup_epochs=0 robust_val_size=30 robust_val_steps=2",
     "DEMO_EVAL_ARGS": "subset=20 batch_size=20",
