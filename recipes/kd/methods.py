@@ -46,6 +46,8 @@ from dkl_train.specs import DatasetSpec
 
 TEACHER_TARBALL = "https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar"
 Batch = dict[str, Tensor]
+Autocast = Callable[[], AbstractContextManager]  # the accelerator's autocast context factory
+Place = Callable[[nn.Module], nn.Module] | None  # moves a module that is not prepared (the teacher) to the device
 
 
 class TeacherError(UserError, RuntimeError):
@@ -58,7 +60,7 @@ class KDMethod(Method):
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
         self.epoch = 0
-        self.autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
+        self.autocast: Autocast = contextlib.nullcontext
 
     @property
     def term_name(self) -> str:
@@ -72,12 +74,7 @@ class KDMethod(Method):
         """The module the optimiser trains (the student, or the student with the method's own modules)."""
         return student
 
-    def attach(
-        self,
-        device: torch.device,
-        autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
-        place: Callable[[nn.Module], nn.Module] | None = None,
-    ) -> None:
+    def attach(self, device: torch.device, autocast: Autocast = contextlib.nullcontext, place: Place = None) -> None:
         """Move what the method keeps beside the trained module (teacher, class prior) to ``device``."""
         self.autocast = autocast
 
@@ -167,12 +164,7 @@ class Distiller(KDMethod):
         check_class_counts(self.teacher, student, spec.image_size, spec.num_classes)
         return student
 
-    def attach(
-        self,
-        device: torch.device,
-        autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
-        place: Callable[[nn.Module], nn.Module] | None = None,
-    ) -> None:
+    def attach(self, device: torch.device, autocast: Autocast = contextlib.nullcontext, place: Place = None) -> None:
         super().attach(device, autocast, place)
         # Not prepared by Accelerate: frozen, no gradients to synchronise.
         self.teacher = place(self.teacher) if place is not None else self.teacher.to(device)
@@ -330,12 +322,7 @@ class IKL(Distiller):
         super().__init__(settings)
         self.prior: ClassPrior | None = None
 
-    def attach(
-        self,
-        device: torch.device,
-        autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
-        place: Callable[[nn.Module], nn.Module] | None = None,
-    ) -> None:
+    def attach(self, device: torch.device, autocast: Autocast = contextlib.nullcontext, place: Place = None) -> None:
         super().attach(device, autocast, place)
         if self.settings.use_prior:
             self.prior = ClassPrior(self.num_classes, temperature=self.settings.weight_temperature, device=device)
