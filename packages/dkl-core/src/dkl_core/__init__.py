@@ -1,4 +1,5 @@
-"""dkl-core: the DKL loss family (KL, DKL, IKL, GKL, DKD), ReviewKD's HCL and the class-wise prior.
+"""dkl-core: the DKL loss family (KL, DKL, IKL, GKL, DKD), ReviewKD's HCL and the class-wise prior, also fused
+with a language model's output layer.
 
 Depends on torch alone. See each function's docstring for the formula, the paper and the shapes.
 """
@@ -23,7 +24,7 @@ from .losses import (
 )  # fmt: skip
 from .prior import ClassPrior, TopKClassPrior, TopKRows
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ClassPrior", "TopKClassPrior", "TopKRows",

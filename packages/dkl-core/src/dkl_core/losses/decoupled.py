@@ -163,7 +163,7 @@ def _ikl_family(
     student = student_logits.to(dtype)
     teacher = teacher_logits.to(dtype)
     if weights is None:
-        class_weights = F.softmax(teacher / weight_temperature, dim=1)
+        class_weights = F.softmax(teacher / weight_temperature if weight_temperature != 1.0 else teacher, dim=1)
     else:
         check_weights(weights, student_logits)
         class_weights = weights.to(dtype)
@@ -183,7 +183,8 @@ def gkl_weights(
     """GKL's detached ``w ** gamma`` of ``[n, C]`` rows in the compute dtype (``softmax(t / T_w)`` by default)."""
     dtype = compute_dtype(teacher, *(() if weights is None else (weights,)))
     if weights is None:
-        weights = F.softmax(teacher.detach().to(dtype) / weight_temperature, dim=1)
+        teacher = teacher.detach().to(dtype)
+        weights = F.softmax(teacher / weight_temperature if weight_temperature != 1.0 else teacher, dim=1)
     else:
         check_weights(weights, teacher)
     weights = weights.detach().to(dtype)

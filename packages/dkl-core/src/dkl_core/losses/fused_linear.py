@@ -49,11 +49,16 @@ class _Teacher(NamedTuple):
     weight: torch.Tensor | None
     bias: torch.Tensor | None
 
-    def rows(self, index: torch.Tensor) -> torch.Tensor:
+    def rows(self, index: torch.Tensor | slice) -> torch.Tensor:
         with torch.no_grad():
             if self.logits is not None:
-                return self.logits.index_select(0, index)
-            return F.linear(self.hidden.index_select(0, index), self.weight, self.bias)
+                return _take(self.logits, index)
+            return F.linear(_take(self.hidden, index), self.weight, self.bias)
+
+
+def _take(tensor: torch.Tensor, index: torch.Tensor | slice) -> torch.Tensor:
+    """Rows of ``tensor``: a view for a slice, a gather (copy) for indices."""
+    return tensor[index] if isinstance(index, slice) else tensor.index_select(0, index)
 
 
 class _Plan(NamedTuple):
@@ -65,6 +70,7 @@ class _Plan(NamedTuple):
     labels: torch.Tensor | None  # flat [N]
     weights: torch.Tensor | RowWeights | None  # flat [N, V] tensor, or a prior gathered per chunk
     rows: torch.Tensor  # int64 indices of the valid rows of the flat [N, *] views
+    every_row: bool  # rows is arange(N): chunks are slices (views), and no scatter back
     chunk_size: int
     reduction: str
     divisor: Any  # of the sum under "mean": valid rows or num_items_in_batch
@@ -72,11 +78,11 @@ class _Plan(NamedTuple):
     compute_dtype: torch.dtype
 
 
-def _chunk_weights(plan: _Plan, index: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+def _chunk_weights(plan: _Plan, index: torch.Tensor | slice, labels: torch.Tensor | None) -> torch.Tensor | None:
     if plan.weights is None:
         return None
     if isinstance(plan.weights, torch.Tensor):
-        return plan.weights.index_select(0, index).to(plan.compute_dtype)
+        return _take(plan.weights, index).to(plan.compute_dtype)
     return plan.weights.weights(labels, dtype=plan.compute_dtype)
 
 
@@ -85,8 +91,8 @@ def _chunks(plan: _Plan):
     count = plan.rows.numel()
     for start in range(0, count, plan.chunk_size):
         stop = min(start + plan.chunk_size, count)
-        index = plan.rows[start:stop]
-        labels = None if plan.labels is None else plan.labels.index_select(0, index)
+        index = slice(start, stop) if plan.every_row else plan.rows[start:stop]
+        labels = None if plan.labels is None else _take(plan.labels, index)
         teacher = plan.teacher.rows(index).to(plan.compute_dtype)
         yield start, stop, index, labels, teacher, _chunk_weights(plan, index, labels)
 
@@ -110,12 +116,13 @@ def _walk(
     per_row = row_grads is not None or (plan.reduction == "none" and not any_grad)
     acc = plan.compute_dtype
     total = hidden.new_zeros(plan.rows.numel() if per_row else (), dtype=acc)
-    grad_hidden = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if want_hidden else None
+    # each valid row's gradient is written once, by its chunk: no accumulation (index_add_ is slow on CPUs)
+    grad_rows = hidden.new_empty(plan.rows.numel(), hidden.shape[1]) if want_hidden else None
     grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if want_weight else None
     grad_bias = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if want_bias else None
     inner = "none" if per_row else "sum"
     for start, stop, index, labels, teacher, weights in _chunks(plan):
-        rows_hidden = hidden.index_select(0, index)
+        rows_hidden = _take(hidden, index)
         with torch.no_grad():
             logits = F.linear(rows_hidden, weight, bias).to(acc)
         if not any_grad:
@@ -131,7 +138,7 @@ def _walk(
             del logits
             grad_logits = grad_logits.to(weight.dtype)
             if want_hidden:
-                grad_hidden.index_add_(0, index, (grad_logits @ weight).to(acc))
+                torch.mm(grad_logits, weight, out=grad_rows[start:stop])
             if want_weight:
                 if grad_logits.dtype == acc:
                     grad_weight.addmm_(grad_logits.t(), rows_hidden)
@@ -144,6 +151,9 @@ def _walk(
             total[start:stop] = value.to(acc)
         else:
             total += value.to(acc)
+    grad_hidden = grad_rows
+    if want_hidden and not plan.every_row:
+        grad_hidden = hidden.new_zeros(hidden.shape).index_copy_(0, plan.rows, grad_rows)
     return total, grad_hidden, grad_weight, grad_bias
 
 
@@ -298,6 +308,7 @@ def _fused(
     teacher_rows = _teacher(lead_shape, vocab, *teacher)
     rows = valid_rows(labels, lead_shape, ignore_index)
     total_rows = lead_shape.numel()
+    every_row = rows is None or rows.numel() == total_rows
     if rows is None:
         rows = torch.arange(total_rows, device=student_hidden.device)
     flat_labels = None if labels is None else labels.reshape(-1).long()
@@ -310,6 +321,7 @@ def _fused(
         labels=flat_labels,
         weights=_flat_weights(weights, lead_shape, vocab, labels),
         rows=rows,
+        every_row=every_row,
         chunk_size=chunk_size or _default_chunk(vocab, count),
         reduction=reduction,
         divisor=count if num_items_in_batch is None else num_items_in_batch,
