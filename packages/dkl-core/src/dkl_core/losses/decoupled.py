@@ -178,14 +178,15 @@ def _ikl_family(
 
 
 def gkl_weights(
-    teacher: torch.Tensor, weights: torch.Tensor | None, weight_temperature: float, gamma: float
+    teacher: torch.Tensor | None, weights: torch.Tensor | None, weight_temperature: float, gamma: float
 ) -> torch.Tensor:
-    """GKL's detached ``w ** gamma`` of ``[n, C]`` rows in the compute dtype (``softmax(t / T_w)`` by default)."""
-    dtype = compute_dtype(teacher, *(() if weights is None else (weights,)))
+    """GKL's detached ``w ** gamma`` of ``[n, C]`` rows in the compute dtype (``softmax(t / T_w)`` by default;
+    ``teacher`` may be ``None`` when ``weights`` are given)."""
+    dtype = compute_dtype(*(t for t in (teacher, weights) if t is not None))
     if weights is None:
         teacher = teacher.detach().to(dtype)
         weights = F.softmax(teacher / weight_temperature if weight_temperature != 1.0 else teacher, dim=1)
-    else:
+    elif teacher is not None:
         check_weights(weights, teacher)
     weights = weights.detach().to(dtype)
     return weights if gamma == 1.0 else _power(weights, gamma)

@@ -86,14 +86,15 @@ def _chunk_weights(plan: _Plan, index: torch.Tensor | slice, labels: torch.Tenso
     return plan.weights.weights(labels, dtype=plan.compute_dtype)
 
 
-def _chunks(plan: _Plan):
-    """``(start, stop, index, labels, teacher_logits, weights)`` of each chunk of valid rows."""
+def _chunks(plan: _Plan, need_teacher: bool = True):
+    """``(start, stop, index, labels, teacher_logits, weights)`` of each chunk of valid rows (``teacher_logits``
+    ``None`` unless ``need_teacher``)."""
     count = plan.rows.numel()
     for start in range(0, count, plan.chunk_size):
         stop = min(start + plan.chunk_size, count)
         index = slice(start, stop) if plan.every_row else plan.rows[start:stop]
         labels = None if plan.labels is None else _take(plan.labels, index)
-        teacher = plan.teacher.rows(index).to(plan.compute_dtype)
+        teacher = plan.teacher.rows(index).to(plan.compute_dtype) if need_teacher else None
         yield start, stop, index, labels, teacher, _chunk_weights(plan, index, labels)
 
 
@@ -505,7 +506,7 @@ def _gkl_mass(
             mass = plan.rows.numel()  # rows of softmax(t / T_w) have mass 1
         elif mass is None:
             mass = torch.zeros((), dtype=plan.compute_dtype, device=plan.rows.device)
-            for _, _, _, _, teacher, weights in _chunks(plan):
+            for _, _, _, _, teacher, weights in _chunks(plan, need_teacher=plan.weights is None):
                 mass += gkl_weights(teacher, weights, weight_temperature, gamma).sum(dim=1).square().sum()
         # mse_weight * (rows of the mean) / (the whole batch's sum W^2); without mass_sq_sum the whole batch is
         # taken to have this call's mean W^2, which makes it mse_weight * (valid rows) / (this call's sum W^2).
