@@ -12,15 +12,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from tools.report import (
-    ADV_HEADLINE,
-    KD_HEADLINE,
-    SSL_HEADLINE,
-    collect,
-    headline_metric,
-    paper_number,
-    write_report,
-)
+from tools.recipes import load_recipes
+from tools.report import collect, headline_metric, paper_number, write_report
+
+RECIPES = load_recipes()
+KD_HEADLINE, SSL_HEADLINE, ADV_HEADLINE = (RECIPES[name].headline.name for name in ("kd", "ssl", "adv"))
 
 # (final top-1, best top-1) per seed: best differs from final so the report must pick the right one.
 KD_RUNS = {"kd": [(70.0, 71.0), (71.0, 71.5), (72.5, 73.0)], "ikl": [(72.0, 73.0), (73.5, 74.5)]}
@@ -31,7 +27,9 @@ REPO = Path(__file__).resolve().parents[2]  # `python -m tools.report` runs from
 def kd_result(method: str, seed: int, final: float, best: float, run: Path) -> dict:
     history = [{"epoch": e, "train_loss": 2.0 / (e + 1), "test_top1": best if e == 1 else final} for e in (1, 2)]
     return {
-        "config": {"method": method, "seed": seed, "output_dir": str(run), "paper_top1": PAPER[method]},
+        "recipe": "kd",
+        "config": {"method": method, "seed": seed, "output_dir": str(run), "paper_top1": PAPER[method], "epochs": 2},
+        "epochs_completed": 2,
         "final": {"top1": final, "top5": final + 20, "samples": 10000},
         "best": {"top1": {"value": best, "epoch": 1}, "top5": {"value": final + 21, "epoch": 2}},
         "history": history,
@@ -112,7 +110,9 @@ def test_headline_metric_of_unfinished_or_bare_runs():
     bare = {"checkpoint": "x.pt", "autoattack": {"robust": 40.0, "paper_autoattack": 41.0, "weights": {}}}
     assert headline_metric(bare) == (ADV_HEADLINE, 40.0, 40.0)
     assert paper_number(bare) == 41.0
-    assert headline_metric({"config": {"method": "kd"}, "final": {}, "best": {}}) == (KD_HEADLINE, None, None)
+    assert headline_metric({"recipe": "kd", "config": {}, "final": {}, "best": {}}) == (KD_HEADLINE, None, None)
+    # Written before runs recorded their recipe: a KD config names its student.
+    assert headline_metric({"config": {"student": "resnet8"}, "best": {"top1": 5.0}}) == (KD_HEADLINE, 5.0, None)
 
 
 def test_a_recorded_recipe_wins_over_the_keys():
