@@ -70,7 +70,7 @@ def recipe(task: str, recipes: Path = RECIPES_DIR) -> RecipeInfo:
 
 def recipe_methods(task: str, recipes: Path = RECIPES_DIR) -> tuple[str, ...]:
     """The recipe's methods (its ``METHODS``), in the paper's column order."""
-    return recipe(task, recipes).methods
+    return recipe(task, recipes).methods()
 
 
 def shown(path: Path) -> Path:
@@ -249,7 +249,7 @@ def render_table(task: str, table: str, jobs: list[Job], recipes: Path = RECIPES
         parts = [_metric_cell(m, results, expected[entry.stem], entry.config) for m in info.cell_metrics]
         cells[(entry.row, entry.column)] = " / ".join(parts)
     rows = sorted({row for row, _ in cells}, key=str.lower)
-    columns = sorted({column for _, column in cells}, key=lambda c: _column_key(info.methods, c))
+    columns = sorted({column for _, column in cells}, key=lambda c: _column_key(info.methods(), c))
     what = info.row_label
     if len(info.cell_metrics) > 1:
         what += f" (cell: {' / '.join(m.label or m.name for m in info.cell_metrics)})"

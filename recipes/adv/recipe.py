@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dkl_recipe_adv.train import METHODS
-
-from dkl_train.recipe_info import Metric, RecipeInfo, Result, number
+from dkl_train.recipe_info import Metric, RecipeInfo, Result, imported, number
 
 
 def _attack(result: Result) -> dict[str, Any]:
@@ -53,7 +51,7 @@ CLEAN = Metric("clean top-1 (checkpoint average)", averaged_clean, "paper_clean"
 RECIPE = RecipeInfo(
     name="adv",
     title="Adversarial training",
-    methods=METHODS,
+    methods=imported("dkl_recipe_adv.train", "METHODS"),
     headline=ROBUST,
     row_label="data set, model",
     row=row,

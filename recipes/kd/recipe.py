@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dkl_recipe_kd.train import METHODS
-
-from dkl_train.recipe_info import Metric, RecipeInfo, Result, best_value, final_value
+from dkl_train.recipe_info import Metric, RecipeInfo, Result, best_value, final_value, imported
 
 
 def row(config: dict[str, Any]) -> str:
@@ -24,7 +22,7 @@ def recognise(result: Result) -> bool:
 RECIPE = RecipeInfo(
     name="kd",
     title="Knowledge distillation",
-    methods=METHODS,
+    methods=imported("dkl_recipe_kd.train", "METHODS"),
     # mdistiller's trainer keeps best_acc = max over epochs of test top-1.
     headline=Metric(
         "top-1 (best epoch)", lambda r: best_value(r, "top1"), "paper_top1", final=lambda r: final_value(r, "top1")

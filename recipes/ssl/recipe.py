@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dkl_recipe_ssl.train import METHODS
-
-from dkl_train.recipe_info import Metric, RecipeInfo, Result, best_value, final_value
+from dkl_train.recipe_info import Metric, RecipeInfo, Result, best_value, final_value, imported
 from dkl_train.specs import get_spec
 
 
@@ -31,7 +29,7 @@ def recognise(result: Result) -> bool:
 RECIPE = RecipeInfo(
     name="ssl",
     title="Semi-supervised learning",
-    methods=METHODS,
+    methods=imported("dkl_recipe_ssl.train", "METHODS"),
     # USB evaluates with the EMA weights applied and keeps best_eval_acc.
     headline=Metric(
         "EMA top-1 (best evaluation)",

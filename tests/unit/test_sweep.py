@@ -317,3 +317,11 @@ def test_script_skips_a_finished_job(tmp_path):
     assert process.returncode == 0, output
     assert "finished" in output and not (tmp_path / "marks" / "started").exists()  # nothing launched
     assert "97.00" in (tmp_path / "runs" / "kd" / "TABLE_digits.md").read_text()
+
+
+def test_reading_the_recipes_imports_no_torch():
+    # `tools.sweep state` runs before every job and `make report` on every results folder: neither needs torch
+    # until a table is drawn (the recipes' METHODS are imported then).
+    code = "import sys; from tools.recipes import load_recipes; load_recipes(); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=sweep.REPO_ROOT)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr

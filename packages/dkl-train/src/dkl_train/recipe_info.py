@@ -10,6 +10,7 @@ This module names no recipe either; it also holds the small readers of ``results
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,15 @@ def best_value(result: Result, key: str) -> float | None:
 def final_value(result: Result, key: str) -> float | None:
     """The last evaluation's value of metric ``key`` (``final.<key>``), or None."""
     return number((result.get("final") or {}).get(key))
+
+
+def imported(module: str, name: str) -> Callable[[], Any]:
+    """A function that returns ``module.name``, importing ``module`` when first called, not when declared.
+
+    ``RecipeInfo(methods=imported("dkl_recipe_kd.train", "METHODS"))`` keeps reading a declaration cheap: the
+    recipe's ``train.py`` imports torch and the rest of its stack, which only drawing a table needs.
+    """
+    return lambda: getattr(importlib.import_module(module), name)
 
 
 def run_progress(result: Result) -> tuple[int, int, str] | None:
@@ -73,7 +83,7 @@ class RecipeInfo:
 
     name: str  # the folder under recipes/ and the ``recipe`` field of its results.json
     title: str  # the report's section title
-    methods: tuple[str, ...]  # the paper's column order (the recipe's METHODS)
+    methods: Callable[[], tuple[str, ...]]  # the recipe's METHODS, paper column order (see :func:`imported`)
     headline: Metric  # the statistic the authors' code reported: skip test, report, table cells
     row_label: str  # a sweep table's first column header, e.g. "teacher -> student"
     row: Callable[[dict[str, Any]], str]  # a config's row in the sweep table
