@@ -23,6 +23,10 @@ class RecipeDeclarationError(UserError):
     """A ``recipe.py`` that does not declare what the tools need; the message says what to write."""
 
 
+class UnknownRecipeError(UserError):
+    """A task name no folder of the recipes declares; the message lists the ones there are."""
+
+
 def _load(path: Path) -> RecipeInfo:
     # A module name per file: toy recipes in other folders may share a folder name with a real one.
     name = "_dkl_recipe_info_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
@@ -53,7 +57,7 @@ def get_recipe(name: str, folder: Path = RECIPES_DIR) -> RecipeInfo:
     """The recipe called ``name``, or a :class:`UserError` that lists the recipes there are."""
     recipes = load_recipes(folder)
     if name not in recipes:
-        raise RecipeDeclarationError(f"unknown task {name!r}; choose one of {', '.join(recipes) or '(none)'}")
+        raise UnknownRecipeError(f"unknown task {name!r}; choose one of {', '.join(recipes) or '(none)'}")
     return recipes[name]
 
 

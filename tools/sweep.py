@@ -50,7 +50,7 @@ import yaml
 from dkl_train.atomic import write_text_atomic
 from dkl_train.errors import report_user_errors
 from dkl_train.recipe_info import Metric, RecipeInfo
-from tools.recipes import RECIPES_DIR, REPO_ROOT, RecipeDeclarationError, get_recipe, load_recipes
+from tools.recipes import RECIPES_DIR, REPO_ROOT, UnknownRecipeError, get_recipe, load_recipes
 from tools.report import format_mean_std, read_json
 
 
@@ -62,10 +62,8 @@ def recipe(task: str, recipes: Path = RECIPES_DIR) -> RecipeInfo:
     """The declaration of ``recipes/<task>/recipe.py``, or a :class:`SweepError` listing the tasks there are."""
     try:
         return get_recipe(task, recipes)
-    except RecipeDeclarationError as err:
-        if f"unknown task {task!r}" in str(err):
-            raise SweepError(str(err)) from None
-        raise
+    except UnknownRecipeError as err:
+        raise SweepError(str(err)) from None
 
 
 def recipe_methods(task: str, recipes: Path = RECIPES_DIR) -> tuple[str, ...]:
