@@ -27,6 +27,7 @@ import json
 import math
 import re
 import statistics
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,8 +166,8 @@ def split_runs(
             finished.append((folder, result))
     evaluated = recipe.headline.value if recipe else (lambda result: None)
     finished.sort(key=lambda run: (evaluated(run[1]) is None, run[0]))
-    counted: dict[str, tuple[str, Result]] = {}  # folder -> (folder, results)
-    first_of_seed: dict[Any, str] = {}
+    counted = []
+    first_of_seed: dict[Any, str] = {}  # seed -> the folder counted for it (runs without a seed all count)
     for folder, result in finished:
         seed = (result.get("config") or {}).get("seed")
         if seed is not None and seed in first_of_seed:
@@ -174,8 +175,8 @@ def split_runs(
             continue
         if seed is not None:
             first_of_seed[seed] = folder
-        counted[folder] = (folder, result)
-    return [counted[folder] for folder in sorted(counted)], sorted(left_out)
+        counted.append((folder, result))
+    return sorted(counted, key=lambda run: run[0]), sorted(left_out)
 
 
 def _differences(configs: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -194,7 +195,8 @@ def name_apart(settings: list[Setting]) -> None:
         if len(same) > 1:
             differences = _differences([setting_config(s.config) for s in same])
             for setting, differing in zip(same, differences):
-                setting.name += " (" + ", ".join(f"{k}={v}" for k, v in differing.items()) + ")"
+                told_apart = ", ".join(f"{k}={v}" for k, v in differing.items())
+                setting.name += f" ({told_apart or (setting.recipe.name if setting.recipe else 'no recipe')})"
 
 
 def collect(root: Path, recipes: Path = RECIPES_DIR) -> list[Setting]:
@@ -204,7 +206,8 @@ def collect(root: Path, recipes: Path = RECIPES_DIR) -> list[Setting]:
     for path in sorted(root.rglob("results.json")):
         result = read_json(path)
         if result is None:
-            continue  # a torn copy: nothing to read
+            print(f"report: {path} is not a readable results.json (a copy cut short?); left out", file=sys.stderr)
+            continue
         config = result.get("config") or {k: result.get(k) for k in ("checkpoint", "model", "dataset")}
         info = recipe_of(result, recipes)
         key = setting_key(info.name if info else "", config)
