@@ -12,6 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from dkl_train.recipe_info import run_progress
 from tests.unit.toy_recipe import toy_result, write_toy_recipe
 from tools.recipes import load_recipes
 from tools.report import collect, headline_metric, paper_number, write_report
@@ -252,6 +253,13 @@ def test_unfinished_runs_are_listed_apart(tmp_path):
     assert f"- `{finished}`: `ikl/seed1`: unfinished: stopped at epoch 1 of 2" in text
     assert "- `ikl (stop_after_epochs=1)`: `ikl/seed2`: unfinished: stopped at epoch 1 of 2" in text
     assert "1 runs in 2 settings; 2 more left out of the means." in text
+
+
+def test_how_far_a_run_got():
+    assert run_progress({"config": {"epochs": 2}, "epochs_completed": 1}) == (1, 2, "epoch")
+    ssl = {"config": {"iterations": 1024, "eval_every_iters": 256}, "global_steps": 512, "epochs_completed": 2}
+    assert run_progress(ssl) == (512, 1024, "iteration")
+    assert run_progress({"checkpoint": "x.pt", "autoattack": {}}) is None  # a bare evaluation: nothing planned
 
 
 def test_settings_that_leave_results_alone_do_not_split_a_setting(tmp_path):

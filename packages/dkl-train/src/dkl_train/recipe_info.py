@@ -46,6 +46,10 @@ def imported(module: str, name: str) -> Callable[[], Any]:
     return lambda: getattr(importlib.import_module(module), name)
 
 
+# (unit, the config's planned length, results.json's count of what was done).
+SCHEDULES = (("iteration", "iterations", "global_steps"), ("epoch", "epochs", "epochs_completed"))
+
+
 def run_progress(result: Result) -> tuple[int, int, str] | None:
     """``(done, planned, unit)`` of a training run, from its results.json; None when it records no schedule.
 
@@ -54,7 +58,7 @@ def run_progress(result: Result) -> tuple[int, int, str] | None:
     ``stop_after_epochs``), so its numbers are not those of its setting.
     """
     config = result.get("config") or {}
-    for unit, planned_key, done_key in (("iteration", "iterations", "global_steps"), ("epoch", "epochs", "epochs_completed")):  # fmt: skip
+    for unit, planned_key, done_key in SCHEDULES:
         planned, done = config.get(planned_key), result.get(done_key)
         if isinstance(planned, int) and isinstance(done, int):
             return done, planned, unit
