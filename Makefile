@@ -43,10 +43,10 @@ format: install ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: install ## Speed/memory ratios side by side; writes benchmarks/results/*.json and *.md
+bench: install ## Speed/memory ratios side by side into runs/benchmarks/ (ARGS="--only losses"; ARGS=--update-committed: the committed benchmarks/results/)
 	$(PY) -m benchmarks $(ARGS)
 
-bench-kd-speed: install ## The paper's training-speed column: s/iter of CE, KD, DKD, ReviewKD, IKL-KD, GKL-KD on both ImageNet pairs, on this device
+bench-kd-speed: install ## The paper's training-speed column (CE, KD, DKD, ReviewKD, IKL-KD, GKL-KD, both ImageNet pairs) into runs/benchmarks/ (ARGS=--update-committed: benchmarks/results/)
 	$(PY) -m benchmarks --only kd_speed $(ARGS)
 
 bench-vocab: install ## Distillation at vocabulary scale: dense vs fused KL/IKL/GKL/DKD beside Liger-Kernel's chunked KL; writes benchmarks/results/vocab_<device>.*
@@ -59,7 +59,7 @@ clean: ## Remove caches (keeps .venv, data/ and runs/)
 # --- reports --------------------------------------------------------------------------------
 RUNS ?= runs
 .PHONY: report
-report: install ## Aggregate every results.json under RUNS=<folder> into RUNS/REPORT.md + plots (mean ± std over seeds vs paper)
+report: install ## Aggregate every results.json under RUNS=<folder> into RUNS/REPORT.md + plots (mean ± std over the seeds of each setting vs paper; unfinished runs listed apart)
 	$(PY) -m tools.report $(RUNS)
 
 # --- datasets and the knowledge-distillation recipe (recipes/kd) ----------------------------
@@ -251,4 +251,4 @@ sweep-ssl: install ## A whole SSL table over seeds, setting x method: TABLE=cifa
 	$(SWEEP) ssl $(SWEEP_OPTS) --seeds "$(SSL_SEEDS)"
 
 sweep-list: install ## List the tables of every recipe (TABLE=...) and the configs in each
-	@for task in kd adv ssl; do echo "== $$task"; $(SWEEP) $$task --list || exit 1; done
+	@$(SWEEP) --list

@@ -366,7 +366,6 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--e2e-steps", type=int, default=80, help="optimiser steps of each end-to-end run")
     parser.add_argument("--warmup-steps", type=int, default=15, help="first steps left out of the rate")
     parser.add_argument("--dir", default=None, help="where to generate the tree (kept); default: a temporary folder")
-    parser.add_argument("--results-dir", default=None, help="where to write the results (default: benchmarks/results)")
     args, _ = parser.parse_known_args(argv)
     cuda = args.device == "cuda"
     end_to_end = args.end_to_end or cuda
@@ -402,6 +401,4 @@ def main(argv: list[str]) -> None:
         f"val) images, {args.distinct} distinct JPEGs of {payload['tree']['mean_jpeg_bytes'] / 1000:.0f} KB on "
         f"average; per-sample times are medians of {args.repeats} interleaved rounds over {args.samples} samples."
     )
-    write_results(
-        name, payload, rows, ["measured", "time per sample", "rate"], notes=notes, results_dir=args.results_dir
-    )
+    write_results(name, payload, rows, ["measured", "time per sample", "rate"], notes=notes)

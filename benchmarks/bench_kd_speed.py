@@ -15,7 +15,7 @@ rounds and each is reported as a ratio to IKL-KD measured in the same run. Teach
 Usage: ``make bench-kd-speed`` or ``python -m benchmarks --only kd_speed [--device cuda] [--dtypes bf16,fp32]
 [--batch-size N] [--steps N] [--repeats N]``. On a CPU the default batch is 8 images (the paper's per-GPU
 batch, 64, at 224 px would take minutes per step); on a GPU it is 64 per step, in bf16 and fp32.
-Writes ``benchmarks/results/kd_speed_<device>.md`` and ``.json``.
+Writes ``kd_speed_<device>.md`` and ``.json`` into ``runs/benchmarks/`` (``--update-committed``: ``benchmarks/results/``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import RESULTS_DIR, device_name, time_side_by_side, write_results
+from benchmarks._common import device_name, time_side_by_side, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("ce", "kd", "dkd", "reviewkd", "ikl", "gkl")
@@ -124,7 +124,6 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is reported")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per method first (cuDNN, allocator)")
-    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
     args, _ = parser.parse_known_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
     device = torch.device(args.device)
@@ -172,5 +171,4 @@ def main(argv: list[str]) -> None:
         rows,
         header,
         notes=__doc__.split("\n\n")[1] + "\n\n" + measured,
-        results_dir=Path(args.results_dir),
     )

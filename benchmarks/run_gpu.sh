@@ -16,7 +16,8 @@ export PYTHONPATH=/tmp/site:/tmp/recipes:$PWD/packages/dkl-core/src:$PWD/package
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$out/gpu.txt"
-run() { echo "== $*"; timeout "$1" python3 -m benchmarks "${@:2}" || echo "!! failed or timed out: $*"; }
+# --update-committed: these runs refresh the committed figures in benchmarks/results (tarred below).
+run() { echo "== $*"; timeout "$1" python3 -m benchmarks --update-committed "${@:2}" || echo "!! failed or timed out: $*"; }
 for bench in $benches; do
   case $bench in
     losses) run 300 --only losses --device cuda --dtype float32 --repeats 200; run 300 --only losses --device cuda --dtype bfloat16 --repeats 200 ;;

@@ -1,18 +1,23 @@
 """`make report RUNS=<folder>`: aggregate every ``results.json`` under a folder into REPORT.md and plots.
 
-The report leads with the answer: one table per recipe (KD, SSL, adversarial) with one row per
-*setting*, giving the headline metric as mean ± sample std over its runs (seeds), the paper's number
-and the difference. The headline is the statistic each authors' release reported (see
-:func:`headline_metric`), so the difference compares like with like; the final value is shown beside
-it. The training curves of the recipe follow its table. Everything else (every final/best metric,
-and the bookkeeping: seeds, process counts, sample counts, precision, wall clock) is in a collapsible
-details section per recipe, kept out of the statistics.
+The report leads with the answer: one table per recipe with one row per *setting*, giving the headline
+metric as mean ± sample std over its runs (seeds), the paper's number and the difference. Each recipe
+declares its headline (``recipes/<task>/recipe.py``: the statistic its authors' release reported), so the
+difference compares like with like; the final value is shown beside it. The training curves of the
+recipe follow its table. Everything else (every final/best metric, and the bookkeeping: seeds, process
+counts, sample counts, precision, wall clock) is in a collapsible details section per recipe, kept out of
+the statistics.
 
-Runs whose configs differ only in run-specific fields (seed, output folder, resume, workers, ...) form
-one setting. Curves of the settings that share a top-level sub-folder of RUNS (one *experiment*, e.g.
-``runs/kd_resnet32x4_resnet8x4/{kd,ikl}/seed*``) are drawn on one PNG, averaged over seeds.
+A setting is every run of one recipe whose config is the same in every field but the seed and the fields
+that do not change results (``BaseConfig.resume_safe``: output folder, workers, logging, ...): a different
+teacher checkpoint, epoch count or ``stop_after_*`` is another setting, and settings that share a folder
+name are told apart by the fields that differ. A seed counts once: another run of a seed already counted
+is listed under the table, not averaged again. Runs that stopped before their schedule's end are listed
+there too, with how far they got, and left out of every mean. Curves of the settings that share a
+top-level sub-folder of RUNS (one *experiment*, e.g. ``runs/kd_resnet32x4_resnet8x4/{kd,ikl}/seed*``)
+are drawn on one PNG, averaged over seeds.
 
-Usage: ``python -m tools.report RUNS [--output REPORT.md]`` (from the repository root).
+Usage: ``python -m tools.report RUNS [--output REPORT.md] [--recipes DIR]`` (from the repository root).
 """
 
 from __future__ import annotations
@@ -22,19 +27,20 @@ import json
 import math
 import re
 import statistics
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dkl_train.config import BaseConfig
 from dkl_train.errors import report_user_errors
+from dkl_train.recipe_info import RecipeInfo, Result, number, run_progress
+from tools.recipes import RECIPES_DIR, load_recipes, recipe_of
 
-# Config fields that vary between repetitions of one setting, not between settings.
-RUN_SPECIFIC_KEYS = {
-    "seed", "output_dir", "resume", "data_dir", "num_workers", "notes", "checkpoint_every",
-    "keep_checkpoints", "log_every", "eval_every", "teacher_checkpoint", "init_checkpoint",
-    "stop_after_epochs", "stop_after_iters", "resume_override", "log_step_losses", "evaluate_teacher", "report_to",
-}  # fmt: skip
+# Config fields that vary between repetitions of one setting: the seed, and what does not change results (the
+# fields a resume may change: output folder, workers, logging, ...).
+NOT_A_SETTING = frozenset({"seed"}) | BaseConfig.resume_safe
 # Top-level results.json keys that are not metrics (``split`` holds sample counts: bookkeeping).
 NOT_METRICS = {
     "config", "history", "versions", "best", "final", "git_revision", "device", "mixed_precision", "split",
@@ -45,19 +51,19 @@ BOOKKEEPING_KEYS = {
     "seconds", "selected_on",
 }  # fmt: skip
 SEED_COMPONENT = re.compile(r"^seed[_-]?\d+$")
-RECIPE_TITLES = {"kd": "Knowledge distillation", "ssl": "Semi-supervised learning", "adv": "Adversarial training"}
 
 
 @dataclass
 class Setting:
+    """The runs of one recipe and config (seeds aside): ``runs`` enter the statistics, ``left_out`` is listed."""
+
     name: str
     experiment: str
     config: dict[str, Any]
+    recipe: RecipeInfo | None  # None: the runs record no recipe this repository has
     runs: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def recipe(self) -> str:
-        return recipe_of(self.runs[0]) if self.runs else "kd"
+    folders: list[str] = field(default_factory=list)  # of ``runs``, relative to the report's folder
+    left_out: list[tuple[str, str]] = field(default_factory=list)  # (run folder, why it is not in the means)
 
     def metric_values(self) -> dict[str, list[float]]:
         values: dict[str, list[float]] = defaultdict(list)
@@ -98,90 +104,42 @@ def run_metrics(result: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-# ----------------------------------------------------------------------------------------------
-# Headline metric: the statistic each released code base reported, so a paper number is compared
-# with the same statistic here.
-
-KD_HEADLINE = "top-1 (best epoch)"  # mdistiller's trainer keeps best_acc = max over epochs of test top-1
-SSL_HEADLINE = "EMA top-1 (best evaluation)"  # USB evaluates with the EMA weights applied, keeps best_eval_acc
-ADV_HEADLINE = "AutoAttack robust (checkpoint average)"  # the released models are checkpoint averages
-
-
-def recipe_of(result: dict[str, Any]) -> str:
-    """``"adv"``, ``"ssl"`` or ``"kd"``: the recipe one run's ``results.json`` records, else guessed from its keys.
-
-    A ``recipe`` field (top level, or in ``config``) names it. Runs that do not record it (every run written
-    so far) are recognised by what only that recipe writes: AutoAttack results or adversarial config
-    fields (adv), the SSL consistency loss or EMA metrics (ssl); anything else is KD.
-    """
-    config = result.get("config") or {}
-    for recorded in (result.get("recipe"), config.get("recipe")):
-        if isinstance(recorded, str) and recorded:
-            return recorded
-    if "autoattack" in result or "paper_autoattack" in config or "attack_loss" in config:
-        return "adv"
-    if "consistency" in config or "ema_top1" in result.get("best", {}) or "ema_top1" in result.get("final", {}):
-        return "ssl"
-    return "kd"
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A results.json as a dict, or None when it is missing, torn (a copy cut short) or not an object."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
-    return float(value)
+    return result if isinstance(result, dict) else None
 
 
-def _best(result: dict[str, Any], key: str) -> float | None:
-    entry = result.get("best", {}).get(key)
-    return _number(entry.get("value") if isinstance(entry, dict) else entry)
-
-
-def headline_metric(result: dict[str, Any]) -> tuple[str, float | None, float | None]:
+def headline_metric(result: Result, recipes: Path = RECIPES_DIR) -> tuple[str, float | None, float | None]:
     """``(metric name, statistic the released code reported, final value)`` of one run's ``results.json``.
 
-    - KD: the best test top-1 over epochs (mdistiller's ``best_acc``); final = the last epoch's top-1.
-    - SSL: the best test top-1 of the EMA weights over evaluations (USB's ``best_eval_acc``, measured
-      with the EMA applied); final = the EMA top-1 at the last iteration.
-    - adv: AutoAttack robust accuracy of the checkpoint-averaged weights (what the released models
-      are); final = the robust accuracy of the primary weights ``eval.py`` reported (the same model
-      when the run kept a checkpoint average). Both None until ``eval.py`` has run.
-
-    A value the run did not record is None (e.g. a run stopped before its first evaluation).
+    The run's recipe declares both (``RecipeInfo.headline``). A value the run did not record is None (e.g. a
+    run stopped before its first evaluation, or an adversarial run before ``eval.py``); so are both for a run
+    of no known recipe.
     """
-    recipe = recipe_of(result)
-    final = result.get("final", {})
-    if recipe == "adv":
-        attack = result.get("autoattack") or {}
-        weights = attack.get("weights", {})
-        averaged = weights.get("checkpoint_average", {}).get("robust") if "checkpoint_average" in weights else None
-        primary = _number(attack.get("robust", final.get("autoattack_robust")))
-        statistic = _number(averaged) if averaged is not None else primary
-        return ADV_HEADLINE, statistic, primary
-    if recipe == "ssl":
-        return SSL_HEADLINE, _best(result, "ema_top1"), _number(final.get("ema_top1"))
-    return KD_HEADLINE, _best(result, "top1"), _number(final.get("top1"))
+    info = recipe_of(result, recipes)
+    if info is None:
+        return "headline statistic", None, None
+    final = info.headline.final(result) if info.headline.final else None
+    return info.headline.name, info.headline.value(result), final
 
 
-def adv_clean(result: dict[str, Any]) -> float | None:
-    """Clean accuracy of the weights whose AutoAttack robust accuracy is the adv headline (checkpoint average first)."""
-    attack = result.get("autoattack") or {}
-    averaged = (attack.get("weights") or {}).get("checkpoint_average") or {}
-    return _number(averaged.get("clean", attack.get("clean")))
+def paper_number(result: Result, recipes: Path = RECIPES_DIR) -> float | None:
+    """The paper's number for the headline metric of one run (its recipe's ``paper_key``), or None."""
+    info = recipe_of(result, recipes)
+    return info.headline.paper(result) if info else None
 
 
-def paper_number(result: dict[str, Any]) -> float | None:
-    """The paper's number for the headline metric of one run (``paper_top1`` / ``paper_autoattack``), or None."""
-    config = result.get("config", {})
-    key = "paper_autoattack" if recipe_of(result) == "adv" else "paper_top1"
-    for source in (config, result.get("autoattack") or {}, result):
-        value = _number(source.get(key))
-        if value is not None:
-            return value
-    return None
+def setting_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a config that make its setting: every one but the seed and those that leave results alone."""
+    return {k: v for k, v in config.items() if k not in NOT_A_SETTING}
 
 
-def setting_key(config: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in config.items() if k not in RUN_SPECIFIC_KEYS}, sort_keys=True, default=str)
+def setting_key(recipe: str, config: dict[str, Any]) -> str:
+    return json.dumps([recipe, setting_config(config)], sort_keys=True, default=str)
 
 
 def setting_name(run_dir: Path, root: Path) -> tuple[str, str]:
@@ -191,17 +149,76 @@ def setting_name(run_dir: Path, root: Path) -> tuple[str, str]:
     return experiment, "/".join(parts) or run_dir.name
 
 
-def collect(root: Path) -> list[Setting]:
+def split_runs(
+    runs: list[tuple[str, Result]], recipe: RecipeInfo | None
+) -> tuple[list[tuple[str, Result]], list[tuple[str, str]]]:
+    """``(counted, left out)`` of one setting's ``(folder, results)``: unfinished runs and repeated seeds go.
+
+    Of the runs of one seed, the first (by folder) that recorded the headline statistic is counted.
+    """
+    finished, left_out = [], []
+    for folder, result in runs:
+        progress = run_progress(result)
+        if progress and progress[0] < progress[1]:
+            done, planned, unit = progress
+            left_out.append((folder, f"unfinished: stopped at {unit} {done} of {planned}"))
+        else:
+            finished.append((folder, result))
+    evaluated = recipe.headline.value if recipe else (lambda result: None)
+    finished.sort(key=lambda run: (evaluated(run[1]) is None, run[0]))
+    counted = []
+    first_of_seed: dict[Any, str] = {}  # seed -> the folder counted for it (runs without a seed all count)
+    for folder, result in finished:
+        seed = (result.get("config") or {}).get("seed")
+        if seed is not None and seed in first_of_seed:
+            left_out.append((folder, f"seed {seed} again: counted once, from {first_of_seed[seed]}"))
+            continue
+        if seed is not None:
+            first_of_seed[seed] = folder
+        counted.append((folder, result))
+    return sorted(counted, key=lambda run: run[0]), sorted(left_out)
+
+
+def _differences(configs: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Per config, ``{field: value}`` of the fields whose values are not the same in all of ``configs``."""
+    fields = sorted({k for c in configs for k in c})
+    differing = [k for k in fields if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
+    return [{k: json.dumps(c.get(k), default=str) if k in c else "(not set)" for k in differing} for c in configs]
+
+
+def name_apart(settings: list[Setting]) -> None:
+    """Settings that share a name get the setting fields that tell them apart: ``kd/x (teacher_checkpoint="a")``."""
+    by_name: dict[str, list[Setting]] = defaultdict(list)
+    for setting in settings:
+        by_name[setting.name].append(setting)
+    for same in by_name.values():
+        if len(same) > 1:
+            differences = _differences([setting_config(s.config) for s in same])
+            for setting, differing in zip(same, differences):
+                told_apart = ", ".join(f"{k}={v}" for k, v in differing.items())
+                setting.name += f" ({told_apart or (setting.recipe.name if setting.recipe else 'no recipe')})"
+
+
+def collect(root: Path, recipes: Path = RECIPES_DIR) -> list[Setting]:
     """Every results.json under ``root``, grouped into settings (sorted by name)."""
+    groups: dict[str, list[tuple[str, Result]]] = defaultdict(list)
     settings: dict[str, Setting] = {}
     for path in sorted(root.rglob("results.json")):
-        result = json.loads(path.read_text())
+        result = read_json(path)
+        if result is None:
+            print(f"report: {path} is not a readable results.json (a copy cut short?); left out", file=sys.stderr)
+            continue
         config = result.get("config") or {k: result.get(k) for k in ("checkpoint", "model", "dataset")}
-        key = setting_key(config)
+        info = recipe_of(result, recipes)
+        key = setting_key(info.name if info else "", config)
         if key not in settings:
             experiment, name = setting_name(path.parent, root)
-            settings[key] = Setting(name=name, experiment=experiment, config=config)
-        settings[key].runs.append(result)
+            settings[key] = Setting(name=name, experiment=experiment, config=config, recipe=info)
+        groups[key].append((str(path.parent.relative_to(root)), result))
+    for key, setting in settings.items():
+        counted, setting.left_out = split_runs(groups[key], setting.recipe)
+        setting.folders, setting.runs = [f for f, _ in counted], [r for _, r in counted]
+    name_apart(list(settings.values()))
     return sorted(settings.values(), key=lambda s: s.name)
 
 
@@ -215,17 +232,18 @@ def format_mean_std(values: list[float]) -> str:
     return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
-def headline_row(setting: Setting) -> list[str]:
+def headline_row(setting: Setting, recipe: RecipeInfo) -> list[str]:
     """``setting | runs | headline mean ± std | final mean ± std | paper | difference`` of one setting.
 
     The difference is the headline statistic's mean minus the paper's number; runs that have not
     recorded the statistic yet (an adversarial run before ``eval.py``) are left out of the mean and
     counted as "k of n".
     """
-    headlines = [headline_metric(result) for result in setting.runs]
-    reported = [value for _, value, _ in headlines if value is not None]
-    finals = [value for _, _, value in headlines if value is not None]
-    paper = next((p for p in map(paper_number, setting.runs) if p is not None), None)
+    headline = recipe.headline
+    reported = [v for v in map(headline.value, setting.runs) if v is not None]
+    finals = [v for v in map(headline.final, setting.runs) if v is not None] if headline.final else []
+    papers = (headline.paper(r) for r in [*setting.runs, {"config": setting.config}])
+    paper = next((p for p in papers if p is not None), None)
     counted = (
         str(len(setting.runs)) if len(reported) == len(setting.runs) else f"{len(reported)} of {len(setting.runs)}"
     )
@@ -251,7 +269,7 @@ def bookkeeping(setting: Setting) -> dict[str, str]:
 
     runs = setting.runs
     attack = [r.get("autoattack") or {} for r in runs]
-    wall = [v for v in (_number(r.get("wall_clock_s")) for r in runs) if v is not None]
+    wall = [v for v in (number(r.get("wall_clock_s")) for r in runs) if v is not None]
     return {
         "seeds": distinct([r.get("config", {}).get("seed") for r in runs]),
         "processes": distinct([r.get("num_processes") for r in runs]),
@@ -321,28 +339,35 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
-def recipe_section(recipe: str, settings: list[Setting], plot_dir: Path, report_dir: Path) -> list[str]:
+def left_out_lines(settings: list[Setting]) -> list[str]:
+    """The runs of ``settings`` kept out of the means (unfinished, a seed again), one line each, or nothing."""
+    lines = [f"- `{s.name}`: `{folder}`: {why}" for s in settings for folder, why in s.left_out]
+    return ["Left out of the means:", "", *lines, ""] if lines else []
+
+
+def recipe_section(recipe: RecipeInfo, settings: list[Setting], plot_dir: Path, report_dir: Path) -> list[str]:
     """The headline table of one recipe, its curves, then the details in a collapsible section."""
-    metric = headline_metric(settings[0].runs[0])[0]
-    lines = [f"## {RECIPE_TITLES.get(recipe, recipe)}", ""]
+    metric = recipe.headline.name
+    lines = [f"## {recipe.title}", ""]
     header = ["setting", "runs", f"{metric}: mean ± std", "final value", "paper", "difference"]
-    lines += _table(header, [headline_row(s) for s in settings])
+    lines += _table(header, [headline_row(s, recipe) for s in settings])
     lines += [
         "",
         f"Mean ± sample std over seeds of the {metric}, the statistic the authors' code reported; "
         "difference = that mean minus the paper's number; the final value is the last evaluation's.",
         "",
+        *left_out_lines(settings),
     ]
     by_experiment: dict[str, list[Setting]] = defaultdict(list)
     for setting in settings:
         by_experiment[setting.experiment].append(setting)
     for experiment, members in sorted(by_experiment.items()):
-        plot = plot_experiment(experiment, members, plot_dir, prefix=recipe)
+        plot = plot_experiment(experiment, members, plot_dir, prefix=recipe.name)
         if plot:
             lines += [f"![{experiment}]({plot.relative_to(report_dir)})", ""]
     lines += [
         "<details>",
-        f"<summary>{RECIPE_TITLES.get(recipe, recipe)}: every metric and how the runs were made</summary>",
+        f"<summary>{recipe.title}: every metric and how the runs were made</summary>",
         "",
     ]
     kept = [bookkeeping(s) for s in settings]
@@ -357,18 +382,35 @@ def recipe_section(recipe: str, settings: list[Setting], plot_dir: Path, report_
     return lines
 
 
-def write_report(root: Path, output: Path | None = None) -> Path:
+def unknown_section(settings: list[Setting], recipes: Path) -> list[str]:
+    """The runs whose results.json names no recipe of ``recipes`` (nor looks like one's): listed, not reported."""
+    folders = sorted(folder for s in settings for folder in [*s.folders, *(f for f, _ in s.left_out)])
+    if not folders:
+        return []
+    return [
+        "## Runs of no known recipe", "",
+        f"These results.json record no `recipe` that names a folder of {recipes}, and no recipe recognises them:",
+        "", *(f"- `{folder}`" for folder in folders), "",
+    ]  # fmt: skip
+
+
+def write_report(root: Path, output: Path | None = None, recipes: Path = RECIPES_DIR) -> Path:
     """Write ``REPORT.md`` (and ``plots/*.png``) for every run under ``root``; returns the report path."""
-    settings = collect(root)
+    settings = collect(root, recipes)
     if not settings:
         raise SystemExit(f"no results.json under {root}: train something first (e.g. make demo)")
     output = output or root / "REPORT.md"
-    lines = [f"# Report: {root}", "", f"{sum(len(s.runs) for s in settings)} runs in {len(settings)} settings.", ""]
-    by_recipe: dict[str, list[Setting]] = defaultdict(list)
-    for setting in settings:
-        by_recipe[setting.recipe].append(setting)
-    for recipe in sorted(by_recipe, key=lambda r: list(RECIPE_TITLES).index(r) if r in RECIPE_TITLES else 99):
-        lines += recipe_section(recipe, by_recipe[recipe], output.parent / "plots", output.parent)
+    counted = sum(len(s.runs) for s in settings if s.recipe)
+    left_out = sum(len(s.left_out) for s in settings if s.recipe)
+    summary = f"{counted} runs in {len(settings)} settings" + (
+        f"; {left_out} more left out of the means" if left_out else ""
+    )
+    lines = [f"# Report: {root}", "", summary + ".", ""]
+    for recipe in load_recipes(recipes).values():  # the recipes' declared order
+        members = [s for s in settings if s.recipe is recipe]
+        if members:
+            lines += recipe_section(recipe, members, output.parent / "plots", output.parent)
+    lines += unknown_section([s for s in settings if s.recipe is None], recipes)
     output.write_text("\n".join(lines))
     return output
 
@@ -377,8 +419,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path, help="folder searched recursively for results.json")
     parser.add_argument("--output", type=Path, default=None, help="report path (default: RUNS/REPORT.md)")
+    parser.add_argument("--recipes", type=Path, default=RECIPES_DIR, help="folder of the recipes (<name>/recipe.py)")
     args = parser.parse_args(argv)
-    path = write_report(args.runs, args.output)
+    path = write_report(args.runs, args.output, args.recipes)
     print(f"wrote {path}")
 
 

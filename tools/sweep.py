@@ -5,17 +5,20 @@
     python -m tools.sweep kd --table cifar100 --seeds "0 1 2" --submit none   # only (re)write the table
     python -m tools.sweep kd --list                                        # the tables and their configs
 
-A *table* is every training config of ``recipes/<task>/configs/`` with the same ``dataset`` field
-(the file-name prefix): each paper reports one table per data set. Evaluation-only configs (no
-``method``, e.g. the adversarial ``eval_*.yaml`` of released weights) belong to no table. The table's
-columns follow the recipe's own ``METHODS`` tuple (``recipes/<task>/train.py``), which lists the
-methods in the paper's column order: a method added there gets its column here.
+A *task* is a recipe: a folder ``recipes/<task>/`` whose ``recipe.py`` declares what this tool needs
+(:class:`dkl_train.recipe_info.RecipeInfo`: methods in the paper's column order, headline statistic, how
+rows and cells read, which scripts run); this tool names no recipe. A *table* is every training config of
+``recipes/<task>/configs/`` with the same ``dataset`` field (the file-name prefix): each paper reports one
+table per data set. Evaluation-only configs (no ``method``, e.g. the adversarial ``eval_*.yaml`` of
+released weights) belong to no table. The table's columns follow the recipe's ``methods`` (its ``METHODS``
+tuple), in the paper's column order: a method added there gets its column here.
 
 Every (config, seed) is one *job* with the run folder ``RUNS/<task>/<config file stem>/seed<N>``,
 the folder ``make reproduce-<task>`` uses, so runs made either way count for both. A job is skipped
-when its ``results.json`` holds the headline statistic (:func:`tools.report.headline_metric`);
-otherwise it is started with ``resume=true``, which continues an interrupted run from its newest checkpoint, or starts afresh when there is none.
-Adversarial jobs also run ``eval.py`` (AutoAttack, itself resumable) when training is done.
+when its ``results.json`` holds the recipe's headline statistic; otherwise it is started with
+``resume=true``, which continues an interrupted run from its newest checkpoint, or starts afresh when there
+is none. A recipe that declares an ``evaluate_script`` (adversarial: ``eval.py``, AutoAttack, itself
+resumable) has it run when training is done.
 
 One bash script does the jobs, selected by ``SLURM_ARRAY_TASK_ID``: locally this module runs it
 once per job, in order; with ``--submit slurm`` it is a SLURM array job (one task per job) that
@@ -33,8 +36,6 @@ depend on them (``--dependency=afterok``).
 from __future__ import annotations
 
 import argparse
-import ast
-import json
 import os
 import shlex
 import subprocess
@@ -48,27 +49,31 @@ import yaml
 
 from dkl_train.atomic import write_text_atomic
 from dkl_train.errors import report_user_errors
-from tools.report import adv_clean, format_mean_std, headline_metric, paper_number
-
-# The checkout this tool belongs to: tools/ is never installed, so its parent is the repository root.
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TASKS = ("kd", "adv", "ssl")
+from dkl_train.recipe_info import Metric, RecipeInfo
+from tools.recipes import RECIPES_DIR, REPO_ROOT, UnknownRecipeError, get_recipe, load_recipes
+from tools.report import format_mean_std, read_json
 
 
 class SweepError(ValueError):
     """A sweep request that cannot be served (unknown task or table, bad seeds); the message says what to do."""
 
 
-def recipe_methods(task: str, root: Path = REPO_ROOT) -> tuple[str, ...]:
-    """The recipe's ``METHODS`` (``recipes/<task>/train.py``), in the paper's column order.
+def recipe(task: str, recipes: Path = RECIPES_DIR) -> RecipeInfo:
+    """The declaration of ``recipes/<task>/recipe.py``, or a :class:`SweepError` listing the tasks there are."""
+    try:
+        return get_recipe(task, recipes)
+    except UnknownRecipeError as err:
+        raise SweepError(str(err)) from None
 
-    Read from the script's source (a table needs no torch import), so ``METHODS`` must be a literal tuple.
-    """
-    script = configs_dir(task, root).parent / "train.py"
-    for node in ast.parse(script.read_text(encoding="utf-8"), filename=str(script)).body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "METHODS" for t in node.targets):
-            return tuple(str(method) for method in ast.literal_eval(node.value))
-    raise SweepError(f"{script} has no METHODS = (...) tuple: the task's methods, in the paper's column order")
+
+def recipe_methods(task: str, recipes: Path = RECIPES_DIR) -> tuple[str, ...]:
+    """The recipe's methods (its ``METHODS``), in the paper's column order."""
+    return recipe(task, recipes).methods()
+
+
+def shown(path: Path) -> Path:
+    """``path`` relative to the repository root when inside it (what the job script, run from there, expects)."""
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,44 +101,32 @@ def column_name(stem: str, method: str) -> str:
     return "_".join(tokens[starts[-1] :]) if starts else method
 
 
-def row_name(task: str, config: dict[str, Any]) -> str:
-    """KD: ``teacher -> student``; adv: ``dataset model``; SSL: ``dataset, N labels``."""
-    if task == "kd":
-        teacher, student = config.get("teacher"), config.get("student")
-        return f"{teacher} -> {student}" if teacher else f"{student} (no teacher)"
-    if task == "adv":
-        return f"{config.get('dataset')} {config.get('model')}"
-    from dkl_train.data import get_spec  # torch is imported only for SSL rows
-
-    dataset = str(config.get("dataset"))
-    try:
-        labels = int(config["labels_per_class"]) * get_spec(dataset).num_classes
-    except (KeyError, TypeError, ValueError):
-        return dataset
-    return f"{dataset}, {labels} labels"
+def row_name(task: str, config: dict[str, Any], recipes: Path = RECIPES_DIR) -> str:
+    """The config's row in the paper's layout, as the recipe declares it (e.g. KD: ``teacher -> student``)."""
+    return recipe(task, recipes).row(config)
 
 
-def configs_dir(task: str, root: Path = REPO_ROOT) -> Path:
-    if task not in TASKS:
-        raise SweepError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    return root / "recipes" / task / "configs"
+def configs_dir(task: str, recipes: Path = RECIPES_DIR) -> Path:
+    recipe(task, recipes)  # an unknown task fails here, listing the known ones
+    return Path(recipes) / task / "configs"
 
 
-def discover(task: str, root: Path = REPO_ROOT) -> dict[str, list[Entry]]:
+def discover(task: str, recipes: Path = RECIPES_DIR) -> dict[str, list[Entry]]:
     """``{table: entries}`` of a task: training configs grouped by their ``dataset`` field."""
     tables: dict[str, list[Entry]] = {}
-    for path in sorted(configs_dir(task, root).glob("*.yaml")):
+    for path in sorted(configs_dir(task, recipes).glob("*.yaml")):
         config = yaml.safe_load(path.read_text()) or {}
         if not isinstance(config, dict) or "method" not in config or "dataset" not in config:
             continue  # evaluation-only configs (released weights) train nothing
-        entry = Entry(path, config, row_name(task, config), column_name(path.stem, str(config["method"])))
+        row = row_name(task, config, recipes)
+        entry = Entry(path, config, row, column_name(path.stem, str(config["method"])))
         tables.setdefault(str(config["dataset"]), []).append(entry)
     return tables
 
 
-def table_entries(task: str, table: str, root: Path = REPO_ROOT) -> list[Entry]:
+def table_entries(task: str, table: str, recipes: Path = RECIPES_DIR) -> list[Entry]:
     """The configs of one table, or a :class:`SweepError` that lists the tables there are."""
-    tables = discover(task, root)
+    tables = discover(task, recipes)
     if table not in tables:
         known = ", ".join(f"{name} ({len(entries)} configs)" for name, entries in sorted(tables.items()))
         what = f"unknown TABLE {table!r}" if table else "no TABLE given"
@@ -205,21 +198,18 @@ def plan(task: str, entries: list[Entry], seeds: list[int], runs: Path) -> list[
 
 def read_result(folder: Path) -> dict[str, Any] | None:
     """The run's ``results.json``, or None when it is missing or unreadable (a run never finished)."""
-    try:
-        result = json.loads((folder / "results.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return result if isinstance(result, dict) else None
+    return read_json(folder / "results.json")
 
 
-def run_state(task: str, folder: Path) -> str:
-    """``finished`` (headline statistic recorded), ``evaluate`` (adv: trained, AutoAttack missing) or ``train``."""
+def run_state(task: str, folder: Path, recipes: Path = RECIPES_DIR) -> str:
+    """``finished`` (headline statistic recorded), ``evaluate`` (trained, the recipe's evaluation missing) or ``train``."""
+    info = recipe(task, recipes)
     result = read_result(folder)
     if result is None or "final" not in result:
         return "train"
-    if headline_metric(result)[1] is not None:
+    if info.headline.value(result) is not None:
         return "finished"
-    return "evaluate" if task == "adv" else "train"
+    return "evaluate" if info.evaluate_script else "train"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,46 +223,37 @@ def _cell(values: list[float], expected: int, paper: float | None) -> str:
     return text if paper is None else f"{text} [{paper:.2f}]"
 
 
-def _paper(config: dict[str, Any], key: str) -> float | None:
-    value = config.get(key)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 def _column_key(order: tuple[str, ...], column: str) -> tuple[int, str]:
     """Columns in the recipe's method order; a variant (``ikl_autoaug``) right after its method."""
     method = next((m for m in sorted(order, key=len, reverse=True) if column == m or column.startswith(m + "_")), None)
     return (order.index(method) if method else len(order), column)
 
 
-def render_table(task: str, table: str, jobs: list[Job]) -> str:
+def _metric_cell(metric: Metric, results: list[dict[str, Any]], expected: int, config: dict[str, Any]) -> str:
+    values = [v for v in map(metric.value, results) if v is not None]
+    return _cell(values, expected, metric.paper({"config": config}))
+
+
+def render_table(task: str, table: str, jobs: list[Job], recipes: Path = RECIPES_DIR) -> str:
     """Markdown table in the paper's layout: one cell per (row, method), mean ± std over seeds [paper]."""
+    info = recipe(task, recipes)
     cells: dict[tuple[str, str], str] = {}
     expected: dict[str, int] = {}
     for job in jobs:
         expected[job.entry.stem] = expected.get(job.entry.stem, 0) + 1
-    headline = None
     for entry in {job.entry.stem: job.entry for job in jobs}.values():
         results = [r for job in jobs if job.entry is entry for r in [read_result(job.run_dir)] if r is not None]
-        results = [r for r in results if headline_metric(r)[1] is not None]
-        headline = headline or (headline_metric(results[0])[0] if results else None)
-        values = [headline_metric(r)[1] for r in results]
-        paper = paper_number({"config": entry.config})
-        cell = _cell(values, expected[entry.stem], paper)
-        if task == "adv":
-            clean = [c for c in (adv_clean(r) for r in results) if c is not None]
-            cell = f"{_cell(clean, expected[entry.stem], _paper(entry.config, 'paper_clean'))} / {cell}"
-        cells[(entry.row, entry.column)] = cell
+        results = [r for r in results if info.headline.value(r) is not None]  # every figure from evaluated runs
+        parts = [_metric_cell(m, results, expected[entry.stem], entry.config) for m in info.cell_metrics]
+        cells[(entry.row, entry.column)] = " / ".join(parts)
     rows = sorted({row for row, _ in cells}, key=str.lower)
-    order = recipe_methods(task)
-    columns = sorted({column for _, column in cells}, key=lambda c: _column_key(order, c))
-    what = {
-        "kd": "teacher -> student",
-        "adv": "data set, model (cell: clean / AutoAttack robust)",
-        "ssl": "setting",
-    }[task]
+    columns = sorted({column for _, column in cells}, key=lambda c: _column_key(info.methods(), c))
+    what = info.row_label
+    if len(info.cell_metrics) > 1:
+        what += f" (cell: {' / '.join(m.label or m.name for m in info.cell_metrics)})"
     seeds = sorted({job.seed for job in jobs})
     lines = [
-        f"# {task} table `{table}`: {headline or 'headline statistic'} (%)",
+        f"# {task} table `{table}`: {info.headline.name} (%)",
         "",
         f"Mean ± sample std over seeds {', '.join(map(str, seeds))}; the paper's number in brackets; "
         "`–` = no finished run yet.",
@@ -285,11 +266,11 @@ def render_table(task: str, table: str, jobs: list[Job]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(task: str, table: str, jobs: list[Job], runs: Path) -> Path:
+def write_table(task: str, table: str, jobs: list[Job], runs: Path, recipes: Path = RECIPES_DIR) -> Path:
     """Write ``RUNS/<task>/TABLE_<table>.md`` (atomically: array tasks may write it at the same time)."""
     path = runs / task / f"TABLE_{table}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_text_atomic(path, render_table(task, table, jobs))
+    return write_text_atomic(path, render_table(task, table, jobs, recipes))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,19 +320,20 @@ step() {
   return "$rc"
 }
 
-state=$("${PY[@]}" -m tools.sweep state "$TASK" "$RUN") || exit 1
+state=$("${PY[@]}" -m tools.sweep state "$TASK" "$RUN" "${RECIPES_ARGS[@]}") || exit 1
 echo "sweep: task ${SLURM_ARRAY_TASK_ID} $RUN: $state"
 if [ "$state" = train ]; then
   step "${LAUNCH[@]}" "${TRAIN[@]}" || exit $?
 fi
-if [ "$TASK" = adv ] && [ "$state" != finished ]; then
-  step "${LAUNCH[@]}" "recipes/adv/eval.py" "run_dir=$RUN" "${EVAL[@]}" || exit $?
+# The recipe's evaluation after training (EVALUATE is empty when it declares none).
+if [ "${#EVALUATE[@]}" -gt 0 ] && [ "$state" != finished ]; then
+  step "${LAUNCH[@]}" "${EVALUATE[@]}" "run_dir=$RUN" "${EVAL[@]}" || exit $?
 fi
-"${PY[@]}" -m tools.sweep "$TASK" --submit none "${TABLE_ARGS[@]}" >/dev/null || exit 1
+"${PY[@]}" -m tools.sweep "$TASK" --submit none "${TABLE_ARGS[@]}" "${RECIPES_ARGS[@]}" >/dev/null || exit 1
 """
 
 
-def _bash_array(words: Sequence[str]) -> str:
+def _bash_array(words: Sequence[Any]) -> str:
     return "(" + " ".join(shlex.quote(str(w)) for w in words) + ")"
 
 
@@ -360,7 +342,7 @@ class ScriptOptions:
     launch: list[str]  # the launcher and its options, e.g. ["accelerate", "launch", "--num_processes", "8"]
     python: list[str]  # the interpreter that has dkl_train
     train_args: list[str] = field(default_factory=list)  # the user's key=value overrides for train.py
-    eval_args: list[str] = field(default_factory=list)  # adv: key=value for eval.py
+    eval_args: list[str] = field(default_factory=list)  # key=value for the recipe's evaluate_script (adv: eval.py)
     sbatch: list[str] = field(default_factory=list)  # extra #SBATCH options (--gres=gpu:1, --time=..., ...)
 
 
@@ -372,8 +354,14 @@ def absolute_command(words: list[str]) -> list[str]:
     return words
 
 
-def job_script(task: str, table: str, jobs: list[Job], seeds: list[int], runs: Path, options: ScriptOptions) -> str:
+def job_script(
+    task: str, table: str, jobs: list[Job], seeds: list[int], runs: Path, options: ScriptOptions,
+    recipes: Path = RECIPES_DIR,
+) -> str:  # fmt: skip
     """The bash script of a table: job ``$SLURM_ARRAY_TASK_ID`` of ``jobs``; also an sbatch array script."""
+    info, folder = recipe(task, recipes), Path(recipes) / task
+    evaluate = [shown(folder / info.evaluate_script)] if info.evaluate_script else []
+    recipes_args = [] if Path(recipes).resolve() == RECIPES_DIR else ["--recipes", Path(recipes).resolve()]
     name = f"dkl-{task}-{table}"
     lines = [
         "#!/bin/bash",
@@ -394,12 +382,14 @@ def job_script(task: str, table: str, jobs: list[Job], seeds: list[int], runs: P
         f"TASK={task}",
         f"PY={_bash_array(options.python)}",
         f"LAUNCH={_bash_array(options.launch)}",
+        f"EVALUATE={_bash_array(evaluate)}",
         f"EVAL={_bash_array(options.eval_args)}",
+        f"RECIPES_ARGS={_bash_array(recipes_args)}",
         "TABLE_ARGS=" + _bash_array(["--table", table, "--seeds", " ".join(map(str, seeds)), "--runs", str(runs)]),
         'case "${SLURM_ARRAY_TASK_ID:?set SLURM_ARRAY_TASK_ID to the job index (0-' + f"{len(jobs) - 1})" + '}" in',
     ]
     for index, job in enumerate(jobs):
-        train = [f"recipes/{task}/train.py", "--config", job.entry.path.relative_to(REPO_ROOT)]
+        train = [shown(folder / info.train_script), "--config", shown(job.entry.path)]
         train += [*job.overrides, *options.train_args]
         lines.append(f"  {index}) RUN={shlex.quote(str(job.run_dir))}")
         lines.append(f"     TRAIN={_bash_array(train)} ;;")
@@ -440,19 +430,34 @@ def run_locally(script: Path, jobs: list[Job]) -> None:
 # Command line
 
 
+def list_tables(tasks: list[str], recipes: Path, headers: bool) -> None:
+    """Print the tables of each task and their configs (``[row | column]`` in the paper's layout)."""
+    for task in tasks:
+        if headers:
+            print(f"== {task}")
+        for table, entries in sorted(discover(task, recipes).items()):
+            print(f"{table}: {len(entries)} configs")
+            for entry in entries:
+                print(f"  {shown(entry.path)}  [{entry.row} | {entry.column}]")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    recipes_help = "folder of the recipes (<name>/recipe.py; default: this repository's recipes/)"
     if argv[:1] == ["state"]:  # used by the job script: one word on stdout
         parser = argparse.ArgumentParser(prog="python -m tools.sweep state")
-        parser.add_argument("task", choices=TASKS)
+        parser.add_argument("task")
         parser.add_argument("run_dir", type=Path)
+        parser.add_argument("--recipes", type=Path, default=RECIPES_DIR, help=recipes_help)
         args = parser.parse_args(argv[1:])
-        print(run_state(args.task, args.run_dir))
+        print(run_state(args.task, args.run_dir, args.recipes))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("task", choices=TASKS)
+    parser.add_argument("task", nargs="?", default="", help="a recipe (recipes/<task>/recipe.py); with --list: all")
     parser.add_argument("--table", default="", help="which table (--list shows them)")
-    parser.add_argument("--list", action="store_true", help="list the tables of the task and their configs")
+    parser.add_argument(
+        "--list", action="store_true", help="list the tables of the task (or of every task) and their configs"
+    )
     parser.add_argument("--seeds", default="0 1 2", help='e.g. "0 1 2"')
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="root of the run folders (default: runs)")
     parser.add_argument("--submit", choices=("local", "slurm", "none"), default="local",
@@ -460,17 +465,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--launch", default="accelerate launch", help="launcher and its options")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the job script's checks")
     parser.add_argument("--args", default="", help="key=value overrides for every train.py")
-    parser.add_argument("--eval-args", default="", help="adv: key=value overrides for eval.py")
+    parser.add_argument(
+        "--eval-args", default="", help="key=value overrides for the recipe's evaluation (adv: eval.py)"
+    )
     parser.add_argument("--sbatch", default="", help='extra #SBATCH options, e.g. "--gres=gpu:1 --time=24:00:00"')
+    parser.add_argument("--recipes", type=Path, default=RECIPES_DIR, help=recipes_help)
     args = parser.parse_args(argv)
     try:
         if args.list:
-            for table, entries in sorted(discover(args.task).items()):
-                print(f"{table}: {len(entries)} configs")
-                for entry in entries:
-                    print(f"  {entry.path.relative_to(REPO_ROOT)}  [{entry.row} | {entry.column}]")
+            tasks = [args.task] if args.task else list(load_recipes(args.recipes))
+            list_tables(tasks, args.recipes, headers=not args.task)
             return
-        entries = table_entries(args.task, args.table)
+        if not args.task:
+            raise SweepError(f"name a task: one of {', '.join(load_recipes(args.recipes))}")
+        entries = table_entries(args.task, args.table, args.recipes)
         seeds = parse_seeds(args.seeds)
     except SweepError as err:
         parser.exit(2, f"sweep: {err}\n")
@@ -484,13 +492,13 @@ def main(argv: list[str] | None = None) -> None:
         )  # fmt: skip
         script = args.runs / args.task / f"sweep_{args.table}.sh"
         (args.runs / args.task / "slurm").mkdir(parents=True, exist_ok=True)
-        script.write_text(job_script(args.task, args.table, jobs, seeds, args.runs, options))
+        script.write_text(job_script(args.task, args.table, jobs, seeds, args.runs, options, args.recipes))
         if args.submit == "slurm":
             print(f"wrote {script}: {len(jobs)} array tasks (config x seed). Submit with:")
             print("\n".join(sbatch_commands(script, jobs)))
             return
         run_locally(script, jobs)
-    path = write_table(args.task, args.table, jobs, args.runs)
+    path = write_table(args.task, args.table, jobs, args.runs, args.recipes)
     print(path.read_text())
     print(f"wrote {path}")
 

@@ -25,6 +25,7 @@ def test_kd_speed_benchmark_times_every_method_of_both_pairs(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert f"wrote {tmp_path / 'kd_speed_cpu.json'}\nwrote {tmp_path / 'kd_speed_cpu.md'}" in done.stdout
 
     payload = json.loads((tmp_path / "kd_speed_cpu.json").read_text())
     pairs = payload["seconds_per_iter"]["fp32"]

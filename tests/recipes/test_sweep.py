@@ -10,7 +10,6 @@ import json
 import os
 import shlex
 import subprocess
-import time
 
 import pytest
 
@@ -51,10 +50,8 @@ def test_slurm_array_script_on_digits(digits_dir, tmp_path, capsys):
     assert result["global_steps"] == 2 and result["config"]["teacher_checkpoint"] == str(teacher / "model.pth")
     assert result["config"]["seed"] == 0 and (teacher / "model.pth").is_file()
 
-    started = time.monotonic()
     again = task(1)
     assert f"{student}: finished" in again and "epoch 1/1" not in again  # skipped: nothing trained
-    assert time.monotonic() - started < 30
 
     lines = (runs / "kd" / "TABLE_digits.md").read_text().splitlines()
     row = next(line for line in lines if line.startswith("| resnet14 -> resnet8 |"))

@@ -12,15 +12,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from tools.report import (
-    ADV_HEADLINE,
-    KD_HEADLINE,
-    SSL_HEADLINE,
-    collect,
-    headline_metric,
-    paper_number,
-    write_report,
-)
+from dkl_train.recipe_info import run_progress
+from tests.unit.toy_recipe import toy_result, write_toy_recipe
+from tools.recipes import load_recipes
+from tools.report import collect, headline_metric, paper_number, write_report
+
+RECIPES = load_recipes()
+KD_HEADLINE, SSL_HEADLINE, ADV_HEADLINE = (RECIPES[name].headline.name for name in ("kd", "ssl", "adv"))
 
 # (final top-1, best top-1) per seed: best differs from final so the report must pick the right one.
 KD_RUNS = {"kd": [(70.0, 71.0), (71.0, 71.5), (72.5, 73.0)], "ikl": [(72.0, 73.0), (73.5, 74.5)]}
@@ -31,7 +29,9 @@ REPO = Path(__file__).resolve().parents[2]  # `python -m tools.report` runs from
 def kd_result(method: str, seed: int, final: float, best: float, run: Path) -> dict:
     history = [{"epoch": e, "train_loss": 2.0 / (e + 1), "test_top1": best if e == 1 else final} for e in (1, 2)]
     return {
-        "config": {"method": method, "seed": seed, "output_dir": str(run), "paper_top1": PAPER[method]},
+        "recipe": "kd",
+        "config": {"method": method, "seed": seed, "output_dir": str(run), "paper_top1": PAPER[method], "epochs": 2},
+        "epochs_completed": 2,
         "final": {"top1": final, "top5": final + 20, "samples": 10000},
         "best": {"top1": {"value": best, "epoch": 1}, "top5": {"value": final + 21, "epoch": 2}},
         "history": history,
@@ -112,7 +112,9 @@ def test_headline_metric_of_unfinished_or_bare_runs():
     bare = {"checkpoint": "x.pt", "autoattack": {"robust": 40.0, "paper_autoattack": 41.0, "weights": {}}}
     assert headline_metric(bare) == (ADV_HEADLINE, 40.0, 40.0)
     assert paper_number(bare) == 41.0
-    assert headline_metric({"config": {"method": "kd"}, "final": {}, "best": {}}) == (KD_HEADLINE, None, None)
+    assert headline_metric({"recipe": "kd", "config": {}, "final": {}, "best": {}}) == (KD_HEADLINE, None, None)
+    # Written before runs recorded their recipe: a KD config names its student.
+    assert headline_metric({"config": {"student": "resnet8"}, "best": {"top1": 5.0}}) == (KD_HEADLINE, 5.0, None)
 
 
 def test_a_recorded_recipe_wins_over_the_keys():
@@ -193,3 +195,92 @@ def test_cli_and_empty_folder(tmp_path):
         [sys.executable, "-m", "tools.report", str(tmp_path / "none")], capture_output=True, text=True, cwd=REPO
     )
     assert empty.returncode != 0 and "no results.json" in empty.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# Which runs are repeats of one setting (hand-written results.json of each case the report once got wrong)
+
+
+def student(seed: int, best: float, teacher: str, **changes) -> dict:
+    """A ReviewKD student's results.json: 2 epochs planned, ``epochs_completed`` 2 unless changed."""
+    result = kd_result("kd", seed, best - 1.0, best, Path("unused"))
+    result["config"] |= {"method": "reviewkd", "teacher_checkpoint": teacher, "data_dir": f"/scratch/{seed}"}
+    result["config"] |= changes.pop("config", {})
+    return result | changes
+
+
+def headline_cells(text: str, name: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_runs_of_different_teachers_are_different_settings(tmp_path):
+    write(tmp_path, ("reviewkd", "seed0"), student(0, 80.0, "teachers/good/model.pth"))
+    write(tmp_path, ("reviewkd", "seed1"), student(1, 82.0, "teachers/good/model.pth"))
+    write(tmp_path, ("reviewkd", "seed2"), student(2, 9.0, "teachers/bad/model.pth"))
+    settings = collect(tmp_path)
+    names = [s.name for s in settings]
+    good = 'reviewkd (teacher_checkpoint="teachers/good/model.pth")'
+    bad = 'reviewkd (teacher_checkpoint="teachers/bad/model.pth")'
+    assert sorted(names) == sorted([good, bad])  # the shared name, told apart by the setting that differs
+    text = write_report(tmp_path).read_text()
+    assert headline_cells(text, good)[1:3] == ["2", "81.00 ± 1.41"]
+    assert headline_cells(text, bad)[1:3] == ["1", "9.00"]
+
+
+def test_a_seed_counts_once(tmp_path):
+    write(tmp_path, ("kd", "seed0"), student(0, 70.0, "t.pth"))
+    write(tmp_path, ("kd", "seed1"), student(1, 72.0, "t.pth"))
+    write(tmp_path, ("kd_rerun", "seed1"), student(1, 90.0, "t.pth"))  # the same seed again, elsewhere
+    (setting,) = collect(tmp_path)
+    assert len(setting.runs) == 2 and setting.folders == ["kd/seed0", "kd/seed1"]
+    assert setting.left_out == [("kd_rerun/seed1", "seed 1 again: counted once, from kd/seed1")]
+    text = write_report(tmp_path).read_text()
+    assert headline_cells(text, "kd")[1:3] == ["2", "71.00 ± 1.41"]  # not 3 runs, not 77.33
+    assert "- `kd`: `kd_rerun/seed1`: seed 1 again: counted once, from kd/seed1" in text
+    assert "| kd | 0, 1 |" in text  # the details count each seed once too
+
+
+def test_unfinished_runs_are_listed_apart(tmp_path):
+    write(tmp_path, ("ikl", "seed0"), student(0, 70.0, "t.pth"))
+    write(tmp_path, ("ikl", "seed1"), student(1, 10.0, "t.pth", epochs_completed=1))  # e.g. killed, copied back
+    stopped = student(2, 20.0, "t.pth", epochs_completed=1, config={"stop_after_epochs": 1})
+    write(tmp_path, ("ikl", "seed2"), stopped)
+    text = write_report(tmp_path).read_text()
+    finished = "ikl (stop_after_epochs=(not set))"
+    assert headline_cells(text, finished)[1:3] == ["1", "70.00"]  # seed 1 is not in the mean
+    assert headline_cells(text, "ikl (stop_after_epochs=1)")[1:3] == ["0", "–"]
+    assert f"- `{finished}`: `ikl/seed1`: unfinished: stopped at epoch 1 of 2" in text
+    assert "- `ikl (stop_after_epochs=1)`: `ikl/seed2`: unfinished: stopped at epoch 1 of 2" in text
+    assert "1 runs in 2 settings; 2 more left out of the means." in text
+
+
+def test_how_far_a_run_got():
+    assert run_progress({"config": {"epochs": 2}, "epochs_completed": 1}) == (1, 2, "epoch")
+    ssl = {"config": {"iterations": 1024, "eval_every_iters": 256}, "global_steps": 512, "epochs_completed": 2}
+    assert run_progress(ssl) == (512, 1024, "iteration")
+    assert run_progress({"checkpoint": "x.pt", "autoattack": {}}) is None  # a bare evaluation: nothing planned
+
+
+def test_settings_that_leave_results_alone_do_not_split_a_setting(tmp_path):
+    for seed in (0, 1):
+        changes = {"num_workers": seed, "log_every": 10 + seed, "output_dir": f"x{seed}", "eval_batch_size": 8 << seed}
+        write(tmp_path, ("kd", f"seed{seed}"), student(seed, 70.0 + seed, "t.pth", config=changes))
+    (setting,) = collect(tmp_path)
+    assert setting.name == "kd" and len(setting.runs) == 2
+
+
+def test_a_new_recipe_appears_in_the_report(tmp_path):
+    recipes = write_toy_recipe(tmp_path / "recipes")
+    for seed in (0, 1):
+        write(
+            tmp_path / "runs",
+            ("toy_m1", f"seed{seed}"),
+            toy_result({"method": "new", "paper_score": 60.0}, seed, 70 + seed),
+        )
+    text = write_report(tmp_path / "runs", recipes=recipes).read_text()
+    assert "## Toy recipe" in text and "| setting | runs | toy score (best): mean ± std |" in text
+    assert "| toy_m1 | 2 | 70.50 ± 0.71 | 69.50 ± 0.71 | 60.00 | +10.50 |" in text
+    # A run of a recipe the folder does not hold is listed, not reported.
+    text = write_report(tmp_path / "runs").read_text()
+    assert "## Runs of no known recipe" in text and "- `toy_m1/seed0`" in text and "## Toy" not in text

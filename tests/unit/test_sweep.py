@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from dkl_train.training import PREEMPTED_EXIT_CODE
+from tests.unit.toy_recipe import toy_result, write_toy_recipe
 from tools import sweep
+from tools.recipes import load_recipes
 from tools.report import format_mean_std
 
 
@@ -58,13 +60,35 @@ def test_tables_are_the_datasets_of_the_training_configs():
     assert {e.column for e in ssl["cifar100"]} >= {"fixmatch", "fixmatch_ikl", "meanteacher", "meanteacher_ikl"}
 
 
-def test_columns_follow_each_recipes_methods(tmp_path):
-    for task in sweep.TASKS:  # read from the script's source: the same tuple the recipe validates against
+def test_columns_follow_each_recipes_methods():
+    recipes = load_recipes()
+    assert {"kd", "adv", "ssl"} <= set(recipes)
+    for task in recipes:  # the recipe's own tuple, the one its config validates against
         assert sweep.recipe_methods(task) == importlib.import_module(f"dkl_recipe_{task}.train").METHODS
-    recipe = tmp_path / "recipes" / "kd"
-    (recipe / "configs").mkdir(parents=True)
-    (recipe / "train.py").write_text('METHODS = ("ce", "new", "kd")\n')
-    assert sweep.recipe_methods("kd", tmp_path) == ("ce", "new", "kd")  # a method added to a recipe: no tool edit
+
+
+def test_a_new_recipe_needs_no_tool_edit(tmp_path, capsys):
+    recipes = write_toy_recipe(tmp_path / "recipes")
+    sweep.main(["--list", "--recipes", str(recipes)])  # every recipe of the folder: the toy one
+    listing = capsys.readouterr().out
+    assert "== toy" in listing and "digits: 2 configs" in listing and "[model m1 | new]" in listing
+    entries = sweep.table_entries("toy", "digits", recipes)
+    jobs = sweep.plan("toy", entries, [0, 1], tmp_path / "runs")
+    for job in jobs:
+        if job.entry.column == "new":
+            job.run_dir.mkdir(parents=True)
+            (job.run_dir / "results.json").write_text(
+                json.dumps(toy_result(job.entry.config, job.seed, 70.0 + job.seed))
+            )
+    assert sweep.run_state("toy", jobs[-1].run_dir, recipes) == "finished"
+    assert sweep.run_state("toy", jobs[0].run_dir, recipes) == "train"
+    lines = sweep.render_table("toy", "digits", jobs, recipes).splitlines()
+    assert lines[0] == "# toy table `digits`: toy score (best) (%)"
+    assert "| model | base | new |" in lines  # the recipe's method order, its row label
+    assert f"| model m1 | – [50.00] | {format_mean_std([70.0, 71.0])} [60.00] |" in lines
+    script = sweep.job_script("toy", "digits", jobs, [0, 1], tmp_path, options(["accelerate", "launch"]), recipes)
+    assert f"{recipes / 'toy' / 'train.py'} --config {recipes / 'toy' / 'configs'}" in script
+    assert f"RECIPES_ARGS=(--recipes {recipes})" in script and "EVALUATE=()" in script
 
 
 def test_unknown_table_lists_the_tables():
@@ -293,3 +317,11 @@ def test_script_skips_a_finished_job(tmp_path):
     assert process.returncode == 0, output
     assert "finished" in output and not (tmp_path / "marks" / "started").exists()  # nothing launched
     assert "97.00" in (tmp_path / "runs" / "kd" / "TABLE_digits.md").read_text()
+
+
+def test_reading_the_recipes_imports_no_torch():
+    # `tools.sweep state` runs before every job and `make report` on every results folder: neither needs torch
+    # until a table is drawn (the recipes' METHODS are imported then).
+    code = "import sys; from tools.recipes import load_recipes; load_recipes(); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=sweep.REPO_ROOT)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
