@@ -17,7 +17,8 @@ The Makefile's training and evaluation targets run their launcher through this w
   records its first error (:func:`dkl_train.errors.report_user_errors`); when something may have been
   printed after it (several processes, or another launcher), the line is printed again at the end.
 
-Output is not captured (progress bars, colours and prompts are unchanged).
+Output is not captured (progress bars and colours are unchanged); the launch reads no input from the terminal
+(log in to a tracker such as wandb beforehand).
 
 Usage: ``python -m tools.last_error COMMAND [ARGS ...]``
 """
@@ -51,7 +52,11 @@ def main(argv: list[str]) -> int:
         record = Path(folder) / "error.txt"
         # A process group of its own: the terminal's Ctrl-C and a signal to make's group reach the training
         # processes only through forward(), once each; the launcher itself never sees them.
-        process = subprocess.Popen(command, env={**os.environ, "DKL_ERROR_FILE": str(record)}, process_group=0)
+        # Outside the terminal's foreground group a read from the terminal would stop the launch for good: a prompt
+        # (e.g. a tracker's login) reads end-of-file instead.
+        stdin = subprocess.DEVNULL if os.isatty(0) else None
+        environment = {**os.environ, "DKL_ERROR_FILE": str(record)}
+        process = subprocess.Popen(command, env=environment, stdin=stdin, process_group=0)
         previous = {s: signal.signal(s, lambda signum, _frame: forward(process.pid, signum)) for s in FORWARDED}
         try:
             status = process.wait()

@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 
+from .errors import INTERRUPTED_EXIT_CODE
+
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: what a shell reports for a job ended by SIGTERM
-INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT: what a shell reports for a job ended by Ctrl-C
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
