@@ -4,8 +4,8 @@ SLURM and most schedulers send SIGTERM (or SIGUSR1, with ``--signal``) before a 
 pre-emption; Ctrl-C sends SIGINT, which stops the run the same way (exit status
 :data:`INTERRUPTED_EXIT_CODE`). A second Ctrl-C says that the run exits once its checkpoint is saved and
 that a third aborts it (the default SIGINT action then ends the process at once; the checkpoint being
-written never gets its final name, so the previous one stays the newest). The handler only notes the signal (it may run anywhere, even inside a checkpoint save,
-which must finish). After each optimiser step the training loop asks :meth:`StopSignals.agreed`;
+written never gets its final name, so the previous one stays the newest). The handler only notes the
+signal (it may run anywhere, even inside a checkpoint save, which must finish). After each optimiser step the training loop asks :meth:`StopSignals.agreed`;
 processes may see a signal at different steps, so each posts its flag in an asynchronous all-reduce
 (MAX) over a small CPU (gloo) group and reads the previous step's result: every process gets the same
 answer one step after the first one saw a signal, and no step waits on the accelerator. The run then
