@@ -32,21 +32,14 @@ def environment() -> dict[str, str]:
 
 
 @pytest.mark.recipe
-@pytest.mark.parametrize(
-    ("override", "line"),
-    [
-        ("lr=abc", "config error: lr: expected a number, got 'abc'"),
-        ("dataset=cifar1000", "error: unknown dataset 'cifar1000'; choose one of: digits, cifar10, cifar100, imagenet"),
-    ],
-)
-def test_a_user_error_through_the_launch_wrapper_is_one_line(override, line, tmp_path):
+def test_a_user_error_through_the_launch_wrapper_is_one_line(tmp_path):
     result = subprocess.run(
-        wrapped(override, f"output_dir={tmp_path / 'run'}"),
+        wrapped("lr=abc", f"output_dir={tmp_path / 'run'}"),
         cwd=REPO, env=environment(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 2
     # No launcher traceback, no notice of Accelerate's defaults, no repeat: the run's line alone.
-    assert (result.stdout + result.stderr).splitlines() == [line]
+    assert (result.stdout + result.stderr).splitlines() == ["config error: lr: expected a number, got 'abc'"]
     assert not (tmp_path / "run").exists()
 
 
