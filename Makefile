@@ -72,7 +72,11 @@ IMAGENET_DIR ?=
 # A config's `mixed_precision: auto` (the default) follows the launcher; an explicit value there wins.
 LAUNCH ?= $(VENV)/bin/accelerate launch
 LAUNCH_ARGS ?=
-# Runs the launch and, when it fails, repeats the run's one-line error after the launcher's own report.
+# Runs the launch in a process group of its own: SIGINT (Ctrl-C), SIGTERM (what `timeout`, docker, CI and schedulers
+# send to make's process group; make passes it on to its child) and SIGUSR1 go to the training processes once,
+# and the wrapper returns only after they have saved their checkpoint, with their exit status. A user error is
+# the run's one line, without accelerate's traceback. The seed loops of reproduce-* trap SIGTERM (a handler, not
+# an ignored signal, so the launch still gets it) so that their shell, too, waits for the launch.
 LAST_ERROR := $(PY) -m tools.last_error
 KD_CONFIG := $(or $(CONFIG),recipes/kd/configs/cifar100_resnet32x4_resnet8x4_ikl.yaml)
 KD_SEEDS := $(or $(SEEDS),0 1 2)
@@ -87,9 +91,9 @@ train-kd: install ## One KD run: CONFIG=recipes/kd/configs/<file>.yaml ARGS="key
 
 reproduce-kd: install ## Train + eval a KD config over seeds, then report mean ± std vs the paper: CONFIG=... SEEDS="0 1 2" (default resnet32x4 -> resnet8x4 IKL)
 	@$(PY) recipes/kd/train.py --check --config $(KD_CONFIG) $(ARGS)
-	@for seed in $(KD_SEEDS); do \
-	  $(LAST_ERROR) $(LAUNCH) $(LAUNCH_ARGS) recipes/kd/train.py --config $(KD_CONFIG) seed=$$seed output_dir=$(KD_RUNS)/seed$$seed resume=true $(ARGS) || exit 1; \
-	  $(LAST_ERROR) $(LAUNCH) $(LAUNCH_ARGS) recipes/kd/eval.py --config $(KD_CONFIG) seed=$$seed output_dir=$(KD_RUNS)/seed$$seed $(ARGS) || exit 1; \
+	@trap : TERM; for seed in $(KD_SEEDS); do \
+	  $(LAST_ERROR) $(LAUNCH) $(LAUNCH_ARGS) recipes/kd/train.py --config $(KD_CONFIG) seed=$$seed output_dir=$(KD_RUNS)/seed$$seed resume=true $(ARGS) || exit $$?; \
+	  $(LAST_ERROR) $(LAUNCH) $(LAUNCH_ARGS) recipes/kd/eval.py --config $(KD_CONFIG) seed=$$seed output_dir=$(KD_RUNS)/seed$$seed $(ARGS) || exit $$?; \
 	done
 	$(PY) -m tools.report $(KD_RUNS)
 
@@ -103,8 +107,8 @@ train-ssl: install ## One SSL run: CONFIG=recipes/ssl/configs/<file>.yaml ARGS="
 	$(LAST_ERROR) $(LAUNCH) $(LAUNCH_ARGS) recipes/ssl/train.py --config $(SSL_CONFIG) $(ARGS)
 
 reproduce-ssl: install ## Train an SSL config over seeds (resumable), then report mean ± std vs the paper: CONFIG=... SEEDS="0 1 2" (default FixMatch-IKL)
-	@for seed in $(SSL_SEEDS); do \
-	  $(LAST_ERROR) $(LAUNCH) $(LAUNCH_ARGS) recipes/ssl/train.py --config $(SSL_CONFIG) seed=$$seed output_dir=$(SSL_RUNS)/seed$$seed resume=true $(ARGS) || exit 1; \
+	@trap : TERM; for seed in $(SSL_SEEDS); do \
+	  $(LAST_ERROR) $(LAUNCH) $(LAUNCH_ARGS) recipes/ssl/train.py --config $(SSL_CONFIG) seed=$$seed output_dir=$(SSL_RUNS)/seed$$seed resume=true $(ARGS) || exit $$?; \
 	done
 	$(PY) -m tools.report $(SSL_RUNS)
 
@@ -124,9 +128,9 @@ eval-adv: install ## AutoAttack into results.json: RUN=<run folder> or CONFIG=re
 	$(LAST_ERROR) $(LAUNCH) $(LAUNCH_ARGS) recipes/adv/eval.py $(ADV_EVAL_SOURCE) $(ARGS)
 
 reproduce-adv: install ## Train + AutoAttack an adv config over seeds, then report: CONFIG=... SEEDS="0" (default CIFAR-10 WRN-34-10 IKL-AT) ARGS= (train) EVAL_ARGS= (eval)
-	@for seed in $(ADV_SEEDS); do \
-	  $(LAST_ERROR) $(LAUNCH) $(LAUNCH_ARGS) recipes/adv/train.py --config $(ADV_CONFIG) seed=$$seed output_dir=$(ADV_RUNS)/seed$$seed resume=true $(ARGS) || exit 1; \
-	  $(LAST_ERROR) $(LAUNCH) $(LAUNCH_ARGS) recipes/adv/eval.py run_dir=$(ADV_RUNS)/seed$$seed $(EVAL_ARGS) || exit 1; \
+	@trap : TERM; for seed in $(ADV_SEEDS); do \
+	  $(LAST_ERROR) $(LAUNCH) $(LAUNCH_ARGS) recipes/adv/train.py --config $(ADV_CONFIG) seed=$$seed output_dir=$(ADV_RUNS)/seed$$seed resume=true $(ARGS) || exit $$?; \
+	  $(LAST_ERROR) $(LAUNCH) $(LAUNCH_ARGS) recipes/adv/eval.py run_dir=$(ADV_RUNS)/seed$$seed $(EVAL_ARGS) || exit $$?; \
 	done
 	$(PY) -m tools.report $(ADV_RUNS)
 

@@ -96,6 +96,15 @@ def test_missing_dataset_gives_the_make_command(tmp_path, digits_teacher, capsys
     assert f"make data DATASET=digits DATA_DIR={tmp_path}" in capsys.readouterr().err.splitlines()[-1]
 
 
+def test_an_unknown_dataset_is_one_line_naming_the_known_ones(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["method=ce", "dataset=cifar1000", f"data_dir={tmp_path}", f"output_dir={tmp_path / 'run'}"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: unknown dataset 'cifar1000'; choose one of: digits, cifar10, cifar100, imagenet"
+    ]
+
+
 def test_missing_teacher_says_where_to_get_it(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         # --check is what `make reproduce-kd` runs first, outside `accelerate launch`.

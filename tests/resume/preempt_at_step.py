@@ -1,10 +1,11 @@
 """Run a recipe script as a scheduler pre-empts it at a known step (test support, never installed).
 
-Usage: ``python preempt_at_step.py STEP SCRIPT [ARGS ...]`` (also as the script of ``accelerate launch``).
-After optimiser step STEP the main process sends SIGTERM to its whole process group, as SLURM signals
-every task of a job, and once more to itself in the middle of the checkpoint save that follows (after
-the state is written, before the checkpoint gets its final name). The run itself is unchanged: the
-recipe's own ``Run`` handles both signals exactly as it handles a scheduler's.
+Usage: ``python preempt_at_step.py STEP[:SIGNAL] SCRIPT [ARGS ...]`` (also as the script of ``accelerate
+launch``). After optimiser step STEP the main process sends SIGNAL (default SIGTERM) to its whole process
+group, as SLURM signals every task of a job (SIGINT: as Ctrl-C reaches the terminal's foreground group),
+and once more to itself in the middle of the checkpoint save that follows (after the state is written,
+before the checkpoint gets its final name). The run itself is unchanged: the recipe's own ``Run`` handles
+both signals exactly as it handles a scheduler's or a terminal's.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from dkl_train import training
 
 def main() -> None:
     step, script, *args = sys.argv[1:]
-    at_step = int(step)
+    at_step, _, name = step.partition(":")
+    at_step, signum = int(at_step), getattr(signal, name or "SIGTERM")
     sent = False
     stop_requested = training.Run.stop_requested
     save_state = Accelerator.save_state
@@ -30,13 +32,13 @@ def main() -> None:
         nonlocal sent
         if run.state.global_step == at_step and run.is_main_process and not sent:
             sent = True
-            os.killpg(os.getpgrp(), signal.SIGTERM)
+            os.killpg(os.getpgrp(), signum)
         return stop_requested(run)
 
     def save_state_then_signal(accelerator: Accelerator, *a, **kw):  # noqa: ANN202 - Accelerate's own return
         out = save_state(accelerator, *a, **kw)
         if sent and accelerator.is_main_process:
-            os.kill(os.getpid(), signal.SIGTERM)  # a second signal while the checkpoint is being saved
+            os.kill(os.getpid(), signum)  # a second signal while the checkpoint is being saved
         return out
 
     training.Run.stop_requested = signalling_stop_requested

@@ -1,6 +1,6 @@
-"""Pre-emption: SIGTERM to a run's whole process group in the middle of an epoch, then a resume, gives the
-uninterrupted run exactly: KD through ``Run.train_epoch`` with 1 and 2 processes, and the semi-supervised
-recipe's own loop. Further signals during the save are harmless; data workers survive the signal; the
+"""Pre-emption: SIGTERM (or Ctrl-C's SIGINT) to a run's whole process group in the middle of an epoch, then a
+resume, gives the uninterrupted run exactly: KD through ``Run.train_epoch`` with 2 processes (SIGTERM) and 1
+(Ctrl-C, exit status 130), and the semi-supervised recipe's own loop. Further signals during the save are harmless; data workers survive the signal; the
 stopped process exits with PREEMPTED_EXIT_CODE; a run whose checkpoints are all damaged stops with one
 clear line. (The fallback from a damaged checkpoint is unit-tested in tests/unit/test_training.py.)
 
@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dkl_train.preemption import INTERRUPTED_EXIT_CODE
 from dkl_train.training import PREEMPTED_EXIT_CODE
 from tests.recipes.conftest import REPO, digits_dir, digits_teacher, launch, launch_command  # noqa: F401
 from tests.resume.test_ssl_resume import ARGS as SSL_ARGS
@@ -40,8 +41,9 @@ ARGS = ["--config", "recipes/kd/configs/digits_resnet14_resnet8_ikl.yaml", "stud
 KEYS = ["train_loss", "ikl", "ce", "step_losses", "test_top1", "test_top5", "test_loss", "lr"]
 
 
-def preempted_at(step: int, command: list[str]) -> list[str]:
-    """``[python, script, args...]`` run through ``preempt_at_step.py``: SIGTERM after optimiser step ``step``."""
+def preempted_at(step: int | str, command: list[str]) -> list[str]:
+    """``[python, script, args...]`` through ``preempt_at_step.py``: SIGTERM after optimiser step ``step``
+    (``"STEP:SIGNAL"``: that signal)."""
     python, script, *args = command
     return [python, str(REPO / PREEMPT), str(step), script, *args]
 
@@ -167,8 +169,10 @@ def test_two_processes_sigterm_at_a_known_step_and_during_the_save(digits_dir, d
 
 
 @pytest.mark.recipe
-def test_one_process_sigterm_at_a_known_step(digits_dir, digits_teacher, tmp_path):  # noqa: F811
-    """KD through ``Run.train_epoch`` in one process (no launcher): it stops right after the signalled step."""
+def test_one_process_ctrl_c_at_a_known_step(digits_dir, digits_teacher, tmp_path):  # noqa: F811
+    """KD through ``Run.train_epoch`` in one process (no launcher): Ctrl-C (SIGINT to the process group, data
+    worker included) stops it right after the signalled step, as SIGTERM does, with status 130; a second
+    Ctrl-C during the save says that a third would abort, and the save completes."""
     command = [
         sys.executable,
         str(REPO / SCRIPT),
@@ -179,9 +183,12 @@ def test_one_process_sigterm_at_a_known_step(digits_dir, digits_teacher, tmp_pat
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     status, out = run_in_own_group([*command, f"output_dir={straight}"])
     assert status == 0, out[-3000:]
-    status, out = run_in_own_group(preempted_at(6, command) + [f"output_dir={stopped}"])
-    assert status == PREEMPTED_EXIT_CODE, out[-3000:]
-    assert "SIGTERM: stopped after optimiser step 6 (inside epoch 2)" in out and "1 more signal(s)" in out
+    status, out = run_in_own_group(preempted_at("6:SIGINT", command) + [f"output_dir={stopped}"])
+    assert status == INTERRUPTED_EXIT_CODE == 130, out[-3000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+    assert "SIGINT: stopped after optimiser step 6 (inside epoch 2)" in out and "1 more signal(s)" in out
+    assert "Exiting with status 130; continue with resume=true." in out
+    assert "Ctrl-C again: the run exits once its checkpoint is saved; a third Ctrl-C aborts it" in out
     status, out = run_in_own_group([*command, f"output_dir={stopped}", "resume=true"])
     assert (
         status == 0 and f"resumed from {stopped / 'checkpoints' / 'epoch_0001_step_00000006'} (epoch 1, step 6, " in out

@@ -40,6 +40,13 @@ def test_bugs_and_debug_keep_their_traceback(monkeypatch):
         raise UserError("shown with its traceback")
 
 
+def test_ctrl_c_outside_a_training_loop_is_one_line_and_status_130(capsys, monkeypatch):
+    monkeypatch.delenv("DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info, report_user_errors():
+        raise KeyboardInterrupt
+    assert exit_info.value.code == 130 and capsys.readouterr().err == "interrupted (Ctrl-C)\n"
+
+
 def test_the_make_wrapper_repeats_the_recorded_error_last():
     child = textwrap.dedent("""
         import os, sys

@@ -41,6 +41,7 @@ from torchvision.transforms import v2
 
 from .atomic import replace_folder
 from .config import ConfigError
+from .preemption import STOP_SIGNALS
 from .progress import interactive
 from .specs import DATASETS, DatasetSpec, get_spec, sample_seed
 
@@ -445,9 +446,10 @@ class EpochSampler(Sampler):
 
 def ignore_stop_signals(worker_id: int) -> None:
     """``worker_init_fn`` of every loader: SIGTERM/SIGUSR1 sent to the whole process group (a scheduler's
-    pre-emption) must not kill the workers, which would crash the training process before it saves its
-    checkpoint; the training process handles them (``Run.stop_requested``) and its workers end with it."""
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
+    pre-emption), or SIGINT (Ctrl-C reaches the terminal's whole foreground group), must not kill the workers,
+    which would crash the training process before it saves its checkpoint; the training process handles them
+    (``Run.stop_requested``) and its workers end with it."""
+    for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
 
 

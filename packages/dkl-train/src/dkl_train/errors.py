@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 USER_ERROR_EXIT_CODE = 2  # as argparse's usage errors
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT: what a shell reports for a job ended by Ctrl-C
 
 
 class UserError(Exception):
@@ -28,7 +29,8 @@ class UserError(Exception):
 def report_user_errors() -> Iterator[None]:
     """Turn a :class:`UserError`, ``FileNotFoundError`` or ``PermissionError`` into one line and exit status 2.
 
-    A closed output pipe (``... | head``) ends the process quietly, as ``cat`` does, not with a traceback.
+    A closed output pipe (``... | head``) ends the process quietly, as ``cat`` does, not with a traceback; Ctrl-C
+    (outside a training loop, where it saves a checkpoint) ends it with ``interrupted (Ctrl-C)`` and status 130.
     """
     try:
         yield
@@ -37,6 +39,13 @@ def report_user_errors() -> Iterator[None]:
         # at /dev/null, as the ``signal`` module's documentation recommends, and stop.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        if os.environ.get("DEBUG", "") not in ("", "0"):
+            raise
+        # Ctrl-C outside the training loop (which saves a checkpoint instead): stop at once, in one line.
+        sys.stdout.flush()
+        print("interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+        raise SystemExit(INTERRUPTED_EXIT_CODE) from None
     except (UserError, FileNotFoundError, PermissionError) as err:
         if os.environ.get("DEBUG", "") not in ("", "0"):
             raise

@@ -1,8 +1,11 @@
 """Pre-emption: stop signals become a flag, and every process agrees on the optimiser step to stop after.
 
 SLURM and most schedulers send SIGTERM (or SIGUSR1, with ``--signal``) before a time limit or on
-pre-emption. The handler only notes the signal (it may run anywhere, even inside a checkpoint save,
-which must finish). After each optimiser step the training loop asks :meth:`StopSignals.agreed`;
+pre-emption; Ctrl-C sends SIGINT, which stops the run the same way (exit status
+:data:`INTERRUPTED_EXIT_CODE`). A second Ctrl-C says that the run exits once its checkpoint is saved and
+that a third aborts it (the default SIGINT action then ends the process at once; the checkpoint being
+written never gets its final name, so the previous one stays the newest). The handler only notes the
+signal (it may run anywhere, even inside a checkpoint save, which must finish). After each optimiser step the training loop asks :meth:`StopSignals.agreed`;
 processes may see a signal at different steps, so each posts its flag in an asynchronous all-reduce
 (MAX) over a small CPU (gloo) group and reads the previous step's result: every process gets the same
 answer one step after the first one saw a signal, and no step waits on the accelerator. The run then
@@ -12,14 +15,17 @@ saves a mid-period checkpoint and exits with :data:`PREEMPTED_EXIT_CODE` (see
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Any
 
 import torch
 
+from .errors import INTERRUPTED_EXIT_CODE
+
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: what a shell reports for a job ended by SIGTERM
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class StopSignals:
@@ -58,8 +64,18 @@ class StopSignals:
         # Only flags: the handler may run anywhere, including inside a checkpoint save, which must finish.
         if self.first is None:
             self.first = signum
-        else:
-            self.extra += 1
+            return
+        self.extra += 1
+        if signum == signal.SIGINT and self.first == signal.SIGINT:
+            # A second Ctrl-C: someone is waiting at the terminal. Leave the next one to the default action
+            # (an abort), and say so; os.write, as print may not re-enter a stream the handler interrupted.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            if int(os.environ.get("RANK", "0")) == 0:
+                os.write(
+                    2,
+                    b"Ctrl-C again: the run exits once its checkpoint is saved; a third Ctrl-C aborts it "
+                    b"without that checkpoint (resume=true then continues from the previous one)\n",
+                )
 
     def agreed(self, *, wait: bool) -> bool:
         """Have all processes agreed to stop? ``wait``: decide now (once per period) rather than one step later."""
@@ -89,6 +105,11 @@ class StopSignals:
         if self._pending is not None:
             self._pending[0].wait()
             self._pending = None
+
+    @property
+    def exit_code(self) -> int:
+        """:data:`INTERRUPTED_EXIT_CODE` after Ctrl-C (SIGINT), else :data:`PREEMPTED_EXIT_CODE`."""
+        return INTERRUPTED_EXIT_CODE if self.first == signal.SIGINT else PREEMPTED_EXIT_CODE
 
     @property
     def first_name(self) -> str:

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import UserError
+
+
+class UnknownDatasetError(UserError, ValueError):
+    """A dataset name that has no spec (a typo in ``dataset=``): reported in one line, not as a bug."""
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -40,8 +46,9 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def get_spec(name: str) -> DatasetSpec:
+    """The spec of dataset ``name``; :class:`UnknownDatasetError` naming the known ones otherwise."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+        raise UnknownDatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     return DATASETS[name]
 
 

@@ -85,6 +85,7 @@ from .preemption import PREEMPTED_EXIT_CODE, StopSignals
 from .progress import progress_bar, write
 from .results import git_revision, write_json_atomic
 from .resuming import check_resumable
+from .run_lock import hold_run_folder
 
 __all__ = ["PREEMPTED_EXIT_CODE", "NonFiniteLossError", "Run", "RunExistsError", "TrainingState", "evaluate"]
 
@@ -173,6 +174,8 @@ class Run:
                 f"gradient_accumulation_steps = {self.accelerator.num_processes} x {config.gradient_accumulation_steps}"
             )
         self.micro_batch_size = config.batch_size // world  # per process, per forward pass
+        make_run_dir(self.run_dir)
+        hold_run_folder(self.run_dir, self.accelerator)  # before reading the folder: one run at a time
         latest = self.latest_checkpoint()
         if latest is not None:
             if not config.resume:
@@ -186,7 +189,6 @@ class Run:
         self.state = TrainingState()
         self.accelerator.register_for_checkpointing(self.state)
         self._start_time = time.perf_counter()
-        make_run_dir(self.run_dir)
         if self.accelerator.is_main_process:
             save_config(config, self.run_dir / "config.yaml")
         self.tracker_dir = self.run_dir / tracker_name if "tensorboard" in config.report_to else None
@@ -456,11 +458,11 @@ class Run:
         ignored = f"; {signals.extra} more signal(s) after the first were ignored" if signals.extra else ""
         self.print(
             f"{signals.first_name}: stopped after optimiser step {self.state.global_step} (inside epoch {epoch + 1}); "
-            f"checkpoint {path}{ignored}. Exiting with status {PREEMPTED_EXIT_CODE}; continue with resume=true."
+            f"checkpoint {path}{ignored}. Exiting with status {signals.exit_code}; continue with resume=true."
         )
         self.accelerator.end_training()
         self.stop_signals.restore()  # (signals until here are still only counted)
-        raise SystemExit(PREEMPTED_EXIT_CODE)
+        raise SystemExit(signals.exit_code)  # 143, or 130 after Ctrl-C
 
     def resumed_progress(self, epoch: int) -> dict[str, Any] | None:
         """The progress :meth:`preempt` saved inside ``epoch``, once (tensors on this device); else ``None``."""
