@@ -14,8 +14,11 @@ Methods (every loss from dkl-core; ``s``/``t`` student/teacher logits, ``y`` lab
   ``prior[y]`` (``use_prior``, the paper's GI) or ``softmax(t / weight_temperature)``.
 - ``gkl``: as ``ikl`` with ``prior[y] ** gamma`` and wMSE normalised by the weight mass (TPAMI).
 
-``ramp = min(epoch / warmup_epochs, 1)`` with 1-based epochs, as in the released code (per epoch).
-The teacher runs in eval mode under ``no_grad``; its test accuracy is reported before training. The
+``ramp = min(epoch / warmup_epochs, 1)`` with 1-based epochs, as in the released code (per epoch);
+``reviewkd_ramp_zero_based`` counts from 0, as the original ReviewKD CIFAR trainer does.
+The teacher runs in eval mode under ``no_grad`` (``reviewkd_teacher_train_mode``: in train mode, its
+batch norm on batch statistics, as the original ReviewKD CIFAR trainer leaves it); its test accuracy is
+reported before training. The
 class prior accumulates ``softmax(t / weight_temperature)`` of every training sample, is all-reduced
 over processes at the end of each epoch, used during the next one and saved in every checkpoint.
 """
@@ -76,6 +79,11 @@ class KDConfig(EpochConfig):
     reviewkd_shapes: list[int] = field(default_factory=list)  # reviewkd: student sizes, deepest level first (SHAPES)
     reviewkd_out_shapes: list[int] | None = None  # reviewkd: teacher sizes, deepest first (null: as reviewkd_shapes)
     reviewkd_student_preact: bool = False  # reviewkd: student features before their stage's final ReLU (STU_PREACT)
+    # reviewkd: what the original ReviewKD code (github.com/dvlab-research/ReviewKD) does unlike mdistiller's.
+    reviewkd_teacher_preact: bool = True  # reviewkd: teacher features before their final ReLU (false: after it)
+    reviewkd_mid_channels: int | None = None  # reviewkd: ABF width (null: min(512, last reviewkd_in_channels))
+    reviewkd_teacher_train_mode: bool = False  # reviewkd: teacher batch norm on batch statistics (train mode)
+    reviewkd_ramp_zero_based: bool = False  # reviewkd: ramp epoch / warmup_epochs with 0-based epochs (0 at first)
     mse_weight: float = 1.0  # ikl/gkl: wMSE weight (released code: beta)
     ce_weight: float = 1.0  # ikl/gkl: soft cross-entropy weight (released code: alpha)
     gamma: float = 1.0  # gkl: prior ** gamma
@@ -115,6 +123,11 @@ class KDConfig(EpochConfig):
             raise ConfigError(
                 f"method=reviewkd needs one entry per feature level in each of {', '.join(lists)}; got {described} "
                 "(see recipes/kd/configs/*_reviewkd.yaml for each pair's settings)"
+            )
+        if self.reviewkd_mid_channels is not None and self.reviewkd_mid_channels < 1:
+            raise ConfigError(
+                f"reviewkd_mid_channels={self.reviewkd_mid_channels}: the ABF width must be a positive channel "
+                "count, or null for the released min(512, last reviewkd_in_channels)"
             )
 
 
@@ -238,6 +251,7 @@ def build_reviewkd(config: KDConfig, student: nn.Module, teacher: nn.Module, ima
         config.reviewkd_shapes,
         config.reviewkd_out_shapes,
         student_preact=config.reviewkd_student_preact,
+        mid_channels=config.reviewkd_mid_channels,
     )
     probe = torch.zeros(2, 3, image_size, image_size)
     with torch.no_grad():
@@ -250,13 +264,17 @@ def build_reviewkd(config: KDConfig, student: nn.Module, teacher: nn.Module, ima
                 f"not fit {config.student}'s features at {image_size} px: {err}"
             ) from None
         model.train()
-        targets = [tuple(f.shape[1:]) for f in teacher_levels(forward_features(teacher, probe)[1])]
+        teacher_features = forward_features(teacher, probe)[1]
+        targets = [tuple(f.shape[1:]) for f in teacher_levels(teacher_features, preact=config.reviewkd_teacher_preact)]
     if fused != targets:
         raise ConfigError(
             f"ReviewKD's fused student features {fused} (channels, height, width; shallowest first) do not match "
             f"{config.teacher}'s levels {targets} at {image_size} px; set reviewkd_out_channels/reviewkd_out_shapes "
             "to the teacher's channels and sizes"
         )
+    # After the probes, which must not reach the running statistics: the original CIFAR trainer never calls
+    # teacher.eval(), so its batch norm normalises with each batch's statistics (evaluation still uses eval mode).
+    teacher.train(config.reviewkd_teacher_train_mode)
     return model
 
 
@@ -272,7 +290,8 @@ def reviewkd_loss(
     logits, fused = model(images)
     ce = F.cross_entropy(logits, labels)
     hcl = hcl_loss(fused, targets)
-    loss = config.label_ce_weight * ce + warmup_factor(config, epoch) * config.reviewkd_weight * hcl
+    ramp = warmup_factor(config, epoch - 1 if config.reviewkd_ramp_zero_based else epoch)
+    loss = config.label_ce_weight * ce + ramp * config.reviewkd_weight * hcl
     return loss, {"ce": ce.detach(), "reviewkd": hcl.detach()}
 
 
@@ -297,7 +316,7 @@ def step_loss(
     images, labels = batch["image"], batch["label"]
     if config.method == "reviewkd":
         with torch.no_grad(), autocast():
-            levels = teacher_levels(forward_features(teacher, images)[1])
+            levels = teacher_levels(forward_features(teacher, images)[1], preact=config.reviewkd_teacher_preact)
         return reviewkd_loss(config, trained, levels, images, labels, epoch)
     teacher_logits = None
     if teacher is not None:
