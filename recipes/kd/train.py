@@ -9,7 +9,8 @@ Methods (every loss from dkl-core; ``s``/``t`` student/teacher logits, ``y`` lab
 - ``dkd``: ``label_ce_weight * CE + ramp * DKD(tckd_weight, nckd_weight, T)`` (Zhao et al. 2022).
 - ``reviewkd``: ``label_ce_weight * CE + ramp * reviewkd_weight * HCL(ABF(student features), teacher
   pre-ReLU features)`` (Chen et al. 2021): the ABF modules train with the student, are checkpointed with
-  it and are not part of the exported ``model.pth``.
+  it and are not part of the exported ``model.pth``. The ``reviewkd_*`` settings after
+  ``reviewkd_student_preact`` select what the original ReviewKD code does unlike mdistiller's.
 - ``ikl``: ``label_ce_weight * CE + ramp * (mse_weight * wMSE + ce_weight * sCE(T))`` with class weights
   ``prior[y]`` (``use_prior``, the paper's GI) or ``softmax(t / weight_temperature)``.
 - ``gkl``: as ``ikl`` with ``prior[y] ** gamma`` and wMSE normalised by the weight mass (TPAMI).

@@ -165,6 +165,9 @@ def test_reviewkd_levels_that_do_not_fit_say_which_setting_to_change():
         build_reviewkd(config, student, teacher, 32)
     with pytest.raises(ConfigError, match="one entry per feature level"):
         kd_config(*levels, "reviewkd_in_channels=[16,32,64]", "reviewkd_out_channels=[16,32,64,64]")
+    with pytest.raises(ConfigError, match=r"reviewkd_mid_channels=0: the ABF width must be a positive"):
+        kd_config(*levels, "reviewkd_in_channels=[16,32,64,64]", "reviewkd_out_channels=[16,32,64,64]",
+                  "reviewkd_mid_channels=0")  # fmt: skip
 
 
 def _generator():
