@@ -4,7 +4,9 @@
 
 Each setting is the released configuration translated to this project's names: IKL from
 ``DKLv1/KD-dkl`` and GKL from ``DKLv2/KD-dkl`` of github.com/jiequancui/DKL, the KD and DKD baselines
-from github.com/megvii-research/mdistiller (``configs/cifar100``, ``configs/imagenet``). The paper
+from github.com/megvii-research/mdistiller (``configs/cifar100``, ``configs/imagenet``); ReviewKD twice,
+``*_reviewkd`` as mdistiller trains it and ``*_reviewkd_original`` as github.com/dvlab-research/ReviewKD
+does (where the ReviewKD paper's numbers come from). The paper
 numbers are the papers' tables (means of 3 runs on CIFAR-100). Edit the tables here and regenerate
 rather than editing the YAML files by hand; the digits configs are written by hand and are not
 touched. ``tests/recipes/test_kd_errors.py`` checks that the files and this script agree.
@@ -295,7 +297,7 @@ def reviewkd_imagenet(student: str, stem: str) -> tuple[float, dict[str, object]
     source = f"{DKL_REPO} DKLv1/KD-dkl/configs/imagenet/{stem}/reviewkd.yaml (mdistiller's, at batch 512 / lr 0.2)"
     if student == "mobilenetv1_100":
         source += (
-            ";\n  its MAX_MID_CHANNEL: 256 is never read by the released ReviewKD, whose ABFs are min(512, 1024) = 512 "
+            ";\n  its MAX_MID_CHANNEL: 256 is never read by mdistiller's ReviewKD, whose ABFs are min(512, 1024) = 512 "
             "channels wide: so are ours"
         )
     return paper, settings, what, source

@@ -29,8 +29,9 @@ from torch import Tensor, nn
 
 from .features import Features, forward_features
 
-# The released code caps the ABFs' working width at 512 channels (mdistiller's MAX_MID_CHANNEL setting is
-# read but never used: every pair gets min(512, channels of the deepest level)).
+# mdistiller's code and the original CIFAR code cap the ABFs' working width at 512 channels (mdistiller's
+# MAX_MID_CHANNEL setting is read but never used: every pair gets min(512, channels of the deepest level)); the
+# original ImageNet code names the width per pair instead (ReviewKDStudent's mid_channels).
 MAX_MID_CHANNELS = 512
 
 
