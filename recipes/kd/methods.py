@@ -7,7 +7,9 @@
 - ``dkd``: ``label_ce_weight * CE + ramp * DKD(tckd_weight, nckd_weight, T)`` (Zhao et al. 2022).
 - ``reviewkd``: ``label_ce_weight * CE + ramp * reviewkd_weight * HCL(ABF(student features), teacher
   pre-ReLU features)`` (Chen et al. 2021): the ABF modules train with the student, are checkpointed with
-  it and are not part of the exported ``model.pth``.
+  it and are not part of the exported ``model.pth``. Its settings after ``reviewkd_student_preact`` select what
+  the original ReviewKD code does unlike mdistiller's (post-ReLU teacher taps, the ABF width, a teacher left in
+  train mode, a ramp counted from epoch 0: the ``*_reviewkd_original.yaml`` configs).
 - ``ikl``: ``label_ce_weight * CE + ramp * (mse_weight * wMSE + ce_weight * sCE(T))`` with class weights
   ``prior[y]`` (``use_prior``, the paper's GI) or ``softmax(t / weight_temperature)``.
 - ``gkl``: as ``ikl`` with ``prior[y] ** gamma`` and wMSE normalised by the weight mass (TPAMI).
@@ -257,6 +259,11 @@ class ReviewKDSettings(TeacherSettings):
     reviewkd_shapes: list[int] = field(default_factory=list)  # student sizes, deepest level first (SHAPES)
     reviewkd_out_shapes: list[int] | None = None  # teacher sizes, deepest first (null: as reviewkd_shapes)
     reviewkd_student_preact: bool = False  # student features before their stage's final ReLU (STU_PREACT)
+    # What the original ReviewKD code (github.com/dvlab-research/ReviewKD) does unlike mdistiller's:
+    reviewkd_teacher_preact: bool = True  # teacher features before their final ReLU (false: after it)
+    reviewkd_mid_channels: int | None = None  # ABF width (null: min(512, last reviewkd_in_channels))
+    reviewkd_teacher_train_mode: bool = False  # teacher batch norm on batch statistics (train mode)
+    reviewkd_ramp_zero_based: bool = False  # ramp epoch / warmup_epochs with 0-based epochs (0 at first)
 
 
 @KD_METHODS.register
@@ -282,6 +289,19 @@ class ReviewKD(Distiller):
                 f"method=reviewkd needs one entry per feature level in each of {', '.join(lists)}; got {described} "
                 "(see recipes/kd/configs/*_reviewkd.yaml for each pair's settings)"
             )
+        if config.reviewkd_mid_channels is not None and config.reviewkd_mid_channels < 1:
+            raise ConfigError(
+                f"reviewkd_mid_channels={config.reviewkd_mid_channels}: the ABF width must be a positive channel "
+                "count, or null for the released min(512, last reviewkd_in_channels)"
+            )
+
+    @property
+    def ramp(self) -> float:
+        """As every distiller's, or from 0 at the first epoch (``reviewkd_ramp_zero_based``, the original CIFAR code)."""
+        if not self.settings.reviewkd_ramp_zero_based:
+            return super().ramp
+        warmup = self.settings.warmup_epochs
+        return min(self.epoch / warmup, 1.0) if warmup > 0 else 1.0
 
     def build(self, student: nn.Module, spec: DatasetSpec, *, teacher: nn.Module | None = None) -> nn.Module:
         super().build(student, spec, teacher=teacher)
@@ -293,7 +313,8 @@ class ReviewKD(Distiller):
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         images, labels = batch["image"], batch["label"]
         with torch.no_grad(), self.autocast():
-            targets = teacher_levels(forward_features(self.teacher, images)[1])
+            features = forward_features(self.teacher, images)[1]
+            targets = teacher_levels(features, preact=self.settings.reviewkd_teacher_preact)
         logits, fused = model(images)
         ce = F.cross_entropy(logits, labels)
         hcl = hcl_loss(fused, targets)
@@ -438,6 +459,7 @@ def build_reviewkd(
         settings.reviewkd_shapes,
         settings.reviewkd_out_shapes,
         student_preact=settings.reviewkd_student_preact,
+        mid_channels=settings.reviewkd_mid_channels,
     )
     probe = torch.zeros(2, 3, image_size, image_size)
     with torch.no_grad():
@@ -450,11 +472,17 @@ def build_reviewkd(
                 f"do not fit the student's features at {image_size} px: {err}"
             ) from None
         model.train()
-        targets = [tuple(f.shape[1:]) for f in teacher_levels(forward_features(teacher, probe)[1])]
+        teacher_features = forward_features(teacher, probe)[1]
+        targets = [
+            tuple(f.shape[1:]) for f in teacher_levels(teacher_features, preact=settings.reviewkd_teacher_preact)
+        ]
     if fused != targets:
         raise ConfigError(
             f"ReviewKD's fused student features {fused} (channels, height, width; shallowest first) do not match "
             f"{settings.teacher}'s levels {targets} at {image_size} px; set reviewkd_out_channels/reviewkd_out_shapes "
             "to the teacher's channels and sizes"
         )
+    # After the probes, which must not reach the running statistics: the original CIFAR trainer never calls
+    # teacher.eval(), so its batch norm normalises with each batch's statistics (evaluation still uses eval mode).
+    teacher.train(settings.reviewkd_teacher_train_mode)
     return model

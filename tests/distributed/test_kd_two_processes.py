@@ -40,8 +40,11 @@ def test_reviewkd_two_processes_equal_one(digits_dir, digits_teacher, launch, tm
     """ReviewKD's ABF modules are synchronised with the student: the whole trained state, not only model.pth."""
     from safetensors.torch import load_file
 
+    # With the teacher's batch norm on batch statistics (the original ReviewKD CIFAR trainer): per micro-batch, so
+    # one process accumulating two micro-batches still sees what two processes see.
     args = ["--config", "recipes/kd/configs/digits_resnet14_resnet8_reviewkd.yaml", "teacher=resnet8",
-            *ARGS[4:], f"data_dir={digits_dir}", f"teacher_checkpoint={digits_teacher}"]  # fmt: skip
+            *ARGS[4:], f"data_dir={digits_dir}", f"teacher_checkpoint={digits_teacher}",
+            "reviewkd_teacher_train_mode=true"]  # fmt: skip
     one, two = run_one_and_two(
         launch, "recipes/kd/train.py", args, tmp_path, one=["gradient_accumulation_steps=2"], threads=1
     )

@@ -165,8 +165,8 @@ def test_every_reviewkd_config_fits_its_teacher_and_student():
 
     from dkl_train.data import get_spec
 
-    configs = sorted(Path("recipes/kd/configs").glob("*_reviewkd.yaml"))
-    assert len(configs) == 11 + 2 + 1  # CIFAR-100 pairs, ImageNet pairs, digits
+    configs = sorted(Path("recipes/kd/configs").glob("*_reviewkd*.yaml"))
+    assert len(configs) == 11 + 2 + 1 + 3  # CIFAR-100 pairs, ImageNet pairs, digits; the original code's protocol
     for path in configs:
         config = load_config(KDConfig, path)
         spec = get_spec(config.dataset)
@@ -188,6 +188,9 @@ def test_reviewkd_levels_that_do_not_fit_say_which_setting_to_change():
         build_reviewkd(build_method(config).settings, student, teacher, 32)
     with pytest.raises(ConfigError, match="one entry per feature level"):
         kd_config(*levels, "reviewkd_in_channels=[16,32,64]", "reviewkd_out_channels=[16,32,64,64]")
+    with pytest.raises(ConfigError, match=r"reviewkd_mid_channels=0: the ABF width must be a positive"):
+        kd_config(*levels, "reviewkd_in_channels=[16,32,64,64]", "reviewkd_out_channels=[16,32,64,64]",
+                  "reviewkd_mid_channels=0")  # fmt: skip
 
 
 def _generator():
@@ -222,7 +225,8 @@ def test_imagenet_configs_are_the_released_runs():
     """fp32, mdistiller's student start, and the KD / DKD baselines of mdistiller's configs/imagenet."""
     from pathlib import Path
 
-    configs = {p.stem: load_config(KDConfig, p) for p in Path("recipes/kd/configs").glob("imagenet_*.yaml")}
+    paths = [p for p in Path("recipes/kd/configs").glob("imagenet_*.yaml") if not p.stem.endswith("_original")]
+    configs = {p.stem: load_config(KDConfig, p) for p in paths}
     assert {name.rsplit("_", 1)[1] for name in configs} == {"kd", "dkd", "reviewkd", "ikl", "gkl"}
     assert len(configs) == 10
     for name, config in configs.items():
@@ -251,3 +255,22 @@ def test_imagenet_configs_are_the_released_runs():
         72.56,
     )
     assert r18.reviewkd_shapes == mv1.reviewkd_out_shapes == [1, 7, 14, 28, 56]
+
+
+def test_reviewkd_original_configs_are_the_original_codes_runs():
+    """github.com/dvlab-research/ReviewKD's trainers (tests/unit/test_reviewkd_original.py checks one step of each)."""
+    from pathlib import Path
+
+    configs = {p.stem: load_config(KDConfig, p) for p in Path("recipes/kd/configs").glob("*_reviewkd_original.yaml")}
+    cifar = configs.pop("cifar100_resnet32x4_resnet8x4_reviewkd_original")
+    assert (cifar.batch_size, cifar.lr, cifar.nesterov, cifar.lr_milestones) == (128, 0.1, True, [151, 181, 211])
+    assert (cifar.reviewkd_teacher_train_mode, cifar.reviewkd_ramp_zero_based, cifar.warmup_epochs) == (True, True, 20)
+    assert (cifar.reviewkd_weight, cifar.reviewkd_teacher_preact, cifar.paper_top1) == (5.0, True, 75.63)
+    r18 = configs.pop("imagenet_resnet34_resnet18_reviewkd_original")
+    mv1 = configs.pop("imagenet_resnet50_mobilenetv1_100_reviewkd_original")
+    assert not configs
+    for config in (r18, mv1):
+        assert (config.batch_size, config.lr, config.warmup_epochs, config.mixed_precision) == (256, 0.1, 0, "no")
+        assert (config.reviewkd_teacher_preact, config.reviewkd_teacher_train_mode) == (False, False)
+    assert (r18.reviewkd_student_preact, r18.reviewkd_mid_channels, r18.paper_top1) == (False, 512, 71.61)
+    assert (mv1.reviewkd_student_preact, mv1.reviewkd_mid_channels, mv1.paper_top1) == (True, 256, 72.56)

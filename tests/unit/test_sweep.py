@@ -43,9 +43,10 @@ def test_tables_are_the_datasets_of_the_training_configs():
     pairs = {}
     for e in kd["cifar100"]:
         pairs.setdefault(e.row, set()).add(e.column)
-    assert pairs["resnet32x4 -> resnet8x4"] == {"kd", "dkd", "reviewkd", "ikl", "gkl"}
-    assert all(columns == {"kd", "dkd", "reviewkd", "ikl", "gkl"} for columns in pairs.values())
-    assert {e.column for e in kd["imagenet"]} == {"kd", "dkd", "reviewkd", "ikl", "gkl"}
+    # reviewkd_original: ReviewKD as its original code trains it, a variant column right after reviewkd
+    assert pairs["resnet32x4 -> resnet8x4"] == {"kd", "dkd", "reviewkd", "reviewkd_original", "ikl", "gkl"}
+    assert all(columns - {"reviewkd_original"} == {"kd", "dkd", "reviewkd", "ikl", "gkl"} for columns in pairs.values())
+    assert {e.column for e in kd["imagenet"]} == {"kd", "dkd", "reviewkd", "reviewkd_original", "ikl", "gkl"}
     adv = sweep.discover("adv")
     assert {"cifar10", "cifar100", "digits"} == set(adv)
     assert not any(e.stem.startswith("eval_") for entries in adv.values() for e in entries)  # nothing to train
@@ -189,14 +190,15 @@ def test_kd_table_layout_from_results(tmp_path):
             kd_result(job.run_dir, job.entry.config, column_values[job.seed])
     text = sweep.render_table("kd", "cifar100", jobs)
     lines = text.splitlines()
-    assert "| teacher -> student | kd | dkd | reviewkd | ikl | gkl |" in lines  # the papers' column order
+    assert "| teacher -> student | kd | dkd | reviewkd | reviewkd_original | ikl | gkl |" in lines  # the papers' order
     row = next(line for line in lines if line.startswith("| resnet32x4 -> resnet8x4 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     paper = {e.column: e.config["paper_top1"] for e in entries}
     assert cells[1] == f"{format_mean_std(values['kd'])} (2/3 runs) [{paper['kd']:.2f}]"
     assert cells[2] == f"– [{paper['dkd']:.2f}]"
     assert cells[3] == "–"  # ReviewKD: no run yet, and no CIFAR-100 number in the DKL papers
-    assert cells[4] == f"{format_mean_std(values['ikl'])} [76.59]"
+    assert cells[4] == "– [75.63]"  # ReviewKD as its original code trains it: the ReviewKD paper's number
+    assert cells[5] == f"{format_mean_std(values['ikl'])} [76.59]"
     assert "top-1 (best epoch)" in lines[0] and "seeds 0, 1, 2" in text
 
 

@@ -5,7 +5,13 @@ github.com/dvlab-research/ReviewKD and github.com/megvii-research/mdistiller (``
 The student's levels (its stage features and the pooled feature, deepest first) pass through one ABF
 each; every ABF but the deepest fuses its level with the running ("residual") result of the level below
 it through a 2-channel attention map, and emits a feature of the teacher's channels and size at that
-level. :func:`dkl_core.hcl_loss` then compares those with the teacher's pre-ReLU features.
+level. :func:`dkl_core.hcl_loss` then compares those with the teacher's features.
+
+Two released protocols differ in a few places, each a setting here: mdistiller's ``ReviewKD.py`` takes the
+teacher's features before their stage's final ReLU everywhere and makes every ABF ``min(512, deepest
+student channels)`` wide; the original ReviewKD code does so on CIFAR, but its ImageNet ResNets return
+their stage outputs after an in-place ReLU (teacher and ResNet student: ``teacher_levels(preact=False)``,
+``student_preact=False``) and its ResNet50 -> MobileNetV1 ABFs are 256 wide (``mid_channels=256``).
 
 :class:`ReviewKDStudent` holds the student and the ABFs in one module, so that one optimiser trains both,
 one ``accelerator.prepare`` synchronises both, and one checkpoint holds both; the exported student is
@@ -23,8 +29,9 @@ from torch import Tensor, nn
 
 from .features import Features, forward_features
 
-# The released code caps the ABFs' working width at 512 channels (mdistiller's MAX_MID_CHANNEL setting is
-# read but never used: every pair gets min(512, channels of the deepest level)).
+# mdistiller's code and the original CIFAR code cap the ABFs' working width at 512 channels (mdistiller's
+# MAX_MID_CHANNEL setting is read but never used: every pair gets min(512, channels of the deepest level)); the
+# original ImageNet code names the width per pair instead (ReviewKDStudent's mid_channels).
 MAX_MID_CHANNELS = 512
 
 
@@ -70,6 +77,8 @@ class ReviewKDStudent(nn.Module):
         out_shapes: the teacher's sizes in the same order (``OUT_SHAPES``); ``None`` means ``shapes``.
         student_preact: take the student's features before their stage's final ReLU (released
             ``STU_PREACT``: on for the ImageNet pairs, off on CIFAR).
+        mid_channels: the ABFs' working width; ``None`` is the released ``min(512, in_channels[-1])``
+            (the original ImageNet code sets it per pair: 512 for ResNet18, 256 for MobileNetV1).
     """
 
     def __init__(
@@ -80,6 +89,7 @@ class ReviewKDStudent(nn.Module):
         shapes: Sequence[int],
         out_shapes: Sequence[int] | None = None,
         student_preact: bool = False,
+        mid_channels: int | None = None,
     ) -> None:
         super().__init__()
         out_shapes = shapes if out_shapes is None else out_shapes
@@ -92,7 +102,12 @@ class ReviewKDStudent(nn.Module):
         self.student = student
         self.shapes, self.out_shapes = list(shapes), list(out_shapes)
         self.student_preact = student_preact
-        mid_channels = min(MAX_MID_CHANNELS, in_channels[-1])
+        if mid_channels is None:
+            mid_channels = min(MAX_MID_CHANNELS, in_channels[-1])
+        elif mid_channels < 1:
+            raise ValueError(
+                f"ReviewKD's ABF width (mid_channels) must be a positive channel count, got {mid_channels}"
+            )
         last = len(in_channels) - 1
         abfs = [
             ABF(c_in, mid_channels, c_out, i < last) for i, (c_in, c_out) in enumerate(zip(in_channels, out_channels))
@@ -121,6 +136,12 @@ def student_levels(features: Features, *, preact: bool) -> list[Tensor]:
     return [*stages, features.pooled[:, :, None, None]]
 
 
-def teacher_levels(features: Features) -> list[Tensor]:
-    """The teacher's targets: its pre-ReLU stage features without the stem, then the pooled feature."""
-    return [*features.preact_feats[1:], features.pooled[:, :, None, None]]
+def teacher_levels(features: Features, *, preact: bool = True) -> list[Tensor]:
+    """The teacher's targets: its stage features without the stem, then the pooled feature.
+
+    ``preact``: the stage features before their final ReLU (mdistiller's, and the original code's on CIFAR);
+    ``False`` takes them after it, as the original ImageNet code's ResNets return them (their in-place
+    ReLU overwrites the stage output it returns).
+    """
+    stages = features.preact_feats if preact else features.feats
+    return [*stages[1:], features.pooled[:, :, None, None]]
