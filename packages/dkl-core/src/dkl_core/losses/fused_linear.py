@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import check_non_negative, check_positive, check_reduction
-from ._tokens import check_num_items, valid_rows
+from ._tokens import check_num_items, valid_rows, zero_loss
 from .decoupled import _check_ikl_options, gkl_weights, ikl_loss, mass_scaled_weight
 from .dkd import _check_dkd_options, dkd_loss
 from .kl import kl_loss
@@ -333,9 +333,8 @@ def _fused(
         plan = plan._replace(loss_fn=mass(plan))
     hidden = student_hidden.reshape(-1, student_hidden.shape[-1])
     if count == 0:  # nothing to learn from: 0, and zero gradients (never 0 / 0)
-        inputs = [t for t in (student_hidden, student_weight, student_bias) if t is not None]
-        zero = sum(t.sum() * 0 for t in inputs).to(dtype)
-        return zero.expand(lead_shape).clone() if reduction == "none" else zero
+        inputs = tuple(t for t in (student_hidden, student_weight, student_bias) if t is not None)
+        return zero_loss(inputs, reduction, lead_shape)
     return _apply(hidden, student_weight, student_bias, plan)
 
 
