@@ -49,7 +49,7 @@ bench: install ## Speed/memory ratios side by side into runs/benchmarks/ (ARGS="
 bench-kd-speed: install ## The paper's training-speed column (CE, KD, DKD, ReviewKD, IKL-KD, GKL-KD, both ImageNet pairs) into runs/benchmarks/ (ARGS=--update-committed: benchmarks/results/)
 	$(PY) -m benchmarks --only kd_speed $(ARGS)
 
-bench-vocab: install ## Distillation at vocabulary scale: dense vs fused KL/IKL/GKL/DKD beside Liger-Kernel's chunked KL; writes benchmarks/results/vocab_<device>.*
+bench-vocab: install ## Vocabulary scale: dense vs fused KL/IKL/GKL/DKD beside Liger-Kernel's chunked KL, into runs/benchmarks/vocab_<device>.* (ARGS=--update-committed: benchmarks/results/)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt -r requirements/bench-vocab.txt
 	$(PY) -m benchmarks --only vocab $(ARGS)
 

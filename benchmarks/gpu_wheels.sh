@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 packages="datasets dill multiprocess pyautoattack"
+# Liger-Kernel for `run_gpu.sh ... vocab` (pure Python; the GPU machine's own triton runs it), at its pin.
+liger=$(sed -n 's/^liger-kernel==/liger-kernel==/p' requirements/bench-vocab.txt)
 pins=$(.venv/bin/python - $packages <<'PY'
 import sys
 from importlib.metadata import version
@@ -18,4 +20,5 @@ done
 # shellcheck disable=SC2086
 .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   $platforms -d .whl $pins
+.venv/bin/python -m pip download -q --no-deps --only-binary=:all: -d .whl "$liger"
 ls -1 .whl

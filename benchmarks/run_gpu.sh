@@ -24,6 +24,7 @@ for bench in $benches; do
     attacks) run 150 --only attacks --device cuda --model wrn_34_10 --all ;;
     imagenet_loader) run 400 --only imagenet_loader --device cuda ;;  # three recipe runs (synthetic, pil, gpu)
     kd_speed) run 120 --only kd_speed --device cuda ;;  # the paper's training-speed column, bf16 and fp32
+    vocab) run 240 --only vocab --device cuda --shape gpu --dtype bfloat16 --no-dense ;;  # fused IKL vs Liger (its wheel in .whl)
     *) run 150 --only "$bench" --device cuda ;;
   esac
   tar czf "$out/results.tgz" benchmarks/results  # after each bench, so a timeout keeps what finished
