@@ -121,7 +121,9 @@ def test_autoaug_loss_is_the_released_one(method, gamma):
     model = _tiny_model()
     x, x_adv, y = torch.rand(8, 3, 4, 4), torch.rand(8, 3, 4, 4), torch.randint(0, 5, (8,))
     w = torch.softmax(torch.randn(5, 5), dim=1)[y]
-    config = adv_config(method=method, autoaug_weight=0.3, ce_weight=4.0, **({"gamma": gamma} if method == "gkl" else {}))
+    config = adv_config(
+        method=method, autoaug_weight=0.3, ce_weight=4.0, **({"gamma": gamma} if method == "gkl" else {})
+    )
     both, terms, _ = build_method(config).training_loss(model, x, x_adv, y, w, (1.0, 0.3))
     t, s = model(x), model(x_adv)
     term = gkl_loss if method == "gkl" else ikl_loss
