@@ -44,7 +44,7 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 from dkl_recipe_adv.attack import adversarial_images, epoch_attack
-from dkl_recipe_adv.lbgat import boundary_guidance, finish_natural, set_first_epoch_lr, with_natural_model
+from dkl_recipe_adv.lbgat import boundary_guidance, epoch_learning_rate, finish_natural, with_natural_model
 from dkl_recipe_adv.views import train_transform
 from dkl_recipe_adv.weights import finish_weights, robust_validation, should_validate
 from torch import Tensor, nn
@@ -271,6 +271,7 @@ def train(config: AdvConfig) -> dict[str, Any]:
     pair = run.accelerator.unwrap_model(model)  # shares the parameters
     net = pair.robust if config.method == "lbgat" else pair  # the robust model: attacks, AWP, averages work on it
     train_loader, test_loader = run.train_loader(train_set), run.eval_loader(test_set)
+    run.build_scheduler(optimizer, train_loader, epoch_rate=epoch_learning_rate(config))
 
     prior = ClassPrior(spec.num_classes, temperature=config.weight_temperature, device=run.device)
     ema = ema_model(net, config.ema_decay) if config.ema_decay > 0 else None
@@ -284,7 +285,7 @@ def train(config: AdvConfig) -> dict[str, Any]:
         awp = AdversarialWeightPerturbation(net, gamma=config.awp_gamma, lr=config.awp_lr or config.lr, proxy=proxy)
     run.resume()
 
-    for epoch in run.epochs():
+    for epoch in run.periods():
         schedule = epoch_attack(config, epoch)
         awp_on = awp is not None and epoch + 1 >= config.awp_warmup_epochs
 
@@ -299,7 +300,6 @@ def train(config: AdvConfig) -> dict[str, Any]:
             if ema is not None:
                 ema.update_parameters(net)
 
-        set_first_epoch_lr(optimizer, config, epoch)
         metrics = run.train_epoch(model, optimizer, train_loader, compute_loss, epoch, after_step=after_step)
         metrics.update(attack_eps=schedule.eps, attack_steps=schedule.steps, attack_step_size=schedule.step_size)
         if config.method in ("ikl", "gkl"):

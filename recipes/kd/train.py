@@ -336,6 +336,7 @@ def train(config: KDConfig) -> dict[str, Any]:
     trained, optimizer = run.prepare(trained, optimizer)
     student = run.accelerator.unwrap_model(trained).student if config.method == "reviewkd" else trained
     train_loader, test_loader = run.train_loader(train_set), run.eval_loader(test_set)
+    run.build_scheduler(optimizer, train_loader)
     prior = ClassPrior(spec.num_classes, temperature=config.weight_temperature, device=run.device)
     run.register_for_checkpointing(prior)
     run.resume()
@@ -347,7 +348,7 @@ def train(config: KDConfig) -> dict[str, Any]:
             f"teacher {config.teacher}: top-1 {extra['teacher']['top1']:.2f}%, top-5 {extra['teacher']['top5']:.2f}%"
         )
 
-    for epoch in run.epochs():
+    for epoch in run.periods():
 
         def compute_loss(batch: dict[str, torch.Tensor], epoch: int = epoch) -> tuple[torch.Tensor, dict]:
             return step_loss(config, trained, teacher, prior, batch, epoch, run.accelerator.autocast)

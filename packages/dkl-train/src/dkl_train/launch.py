@@ -182,3 +182,31 @@ def gpu_backend_on_cpu_warning(data_backend: str, device_type: str) -> str | Non
         "device that runs on the host, one batch at a time, and is slower than the pil backend's parallel "
         "workers. Use data_backend=pil here (the gpu backend is for a CUDA device with too few host cores)."
     )
+
+
+def launch_report(accelerator: Accelerator, mixed_precision: str | None, data_backend: str) -> list[str]:
+    """What a run prints at start: processes, machines, device, precision and the source of each; then
+    warnings about idle GPUs and a gpu data backend without a GPU."""
+    import torch
+
+    options = launcher_options()
+    config_file, file_values = accelerate_config_file(options)
+    sources = launch_sources(mixed_precision, options, config_file, file_values, dict(os.environ))
+    machines = int(os.environ.get("GROUP_WORLD_SIZE", "1"))  # torchrun's node count (1: one machine)
+    launcher_precision = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    overridden = (
+        f"; overrides the launcher's {launcher_precision}"
+        if sources["precision"] == "run config" and launcher_precision not in (None, accelerator.mixed_precision)
+        else ""
+    )
+    line = (
+        f"launch: {accelerator.num_processes} process(es) ({sources['processes']}), {machines} machine(s) "
+        f"({sources['machines']}), device {accelerator.device.type} ({sources['device']}), precision "
+        f"{accelerator.mixed_precision} ({sources['precision']}{overridden})"
+    )
+    used_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if accelerator.device.type == "cuda" else 0
+    notices = [
+        unused_gpu_warning(torch.cuda.device_count() if torch.cuda.is_available() else 0, used_here),
+        gpu_backend_on_cpu_warning(data_backend, accelerator.device.type),
+    ]
+    return [line, *filter(None, notices)]
