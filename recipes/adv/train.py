@@ -271,7 +271,6 @@ def train(config: AdvConfig) -> dict[str, Any]:
     pair = run.accelerator.unwrap_model(model)  # shares the parameters
     net = pair.robust if config.method == "lbgat" else pair  # the robust model: attacks, AWP, averages work on it
     train_loader, test_loader = run.train_loader(train_set), run.eval_loader(test_set)
-    run.build_scheduler(optimizer, train_loader, epoch_rate=epoch_learning_rate(config))
 
     prior = ClassPrior(spec.num_classes, temperature=config.weight_temperature, device=run.device)
     ema = ema_model(net, config.ema_decay) if config.ema_decay > 0 else None
@@ -279,6 +278,7 @@ def train(config: AdvConfig) -> dict[str, Any]:
     for state in (prior, ema, average):  # this order is the checkpoints' format
         if state is not None:
             run.register_for_checkpointing(state)
+    run.build_scheduler(optimizer, train_loader, epoch_rate=epoch_learning_rate(config))  # registered after them
     awp = None
     if config.awp:
         proxy = synchronised_proxy(net)

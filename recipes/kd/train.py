@@ -336,9 +336,9 @@ def train(config: KDConfig) -> dict[str, Any]:
     trained, optimizer = run.prepare(trained, optimizer)
     student = run.accelerator.unwrap_model(trained).student if config.method == "reviewkd" else trained
     train_loader, test_loader = run.train_loader(train_set), run.eval_loader(test_set)
-    run.build_scheduler(optimizer, train_loader)
     prior = ClassPrior(spec.num_classes, temperature=config.weight_temperature, device=run.device)
     run.register_for_checkpointing(prior)
+    run.build_scheduler(optimizer, train_loader)  # registered last: the objects before keep their checkpoint files
     run.resume()
 
     extra: dict[str, Any] = {"method": config.method, "paper_top1": config.paper_top1}

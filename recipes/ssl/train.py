@@ -269,9 +269,9 @@ def train(config: SSLConfig) -> dict[str, Any]:
     model = build_model(config, data.spec.num_classes, log=run.print)
     optimizer = build_optimizer(config, model)
     model, optimizer = run.prepare(model, optimizer)
-    run.build_scheduler(optimizer)  # USB's warm-up + cosine per iteration, over timm's layer-wise scales
     ema = ema_model(accelerator.unwrap_model(model), config.ema_decay)
     run.register_for_checkpointing(ema)
+    run.build_scheduler(optimizer)  # USB's warm-up + cosine per iteration, over timm's layer-wise scales
     run.resume()
     test_loader = run.eval_loader(data.test)
     val_loader = run.eval_loader(data.validation) if data.validation is not None else None
