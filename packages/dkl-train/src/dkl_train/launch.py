@@ -210,3 +210,34 @@ def launch_report(accelerator: Accelerator, mixed_precision: str | None, data_ba
         gpu_backend_on_cpu_warning(data_backend, accelerator.device.type),
     ]
     return [line, *filter(None, notices)]
+
+
+def make_accelerator(config: Any, run_dir: Path) -> Accelerator:
+    """The run's :class:`~accelerate.Accelerator`; raises when the launcher's process count and Accelerate's differ."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+
+    from .config import accelerator_precision
+
+    # `accelerate launch --multi_gpu --num_processes N` on a machine without CUDA: Accelerate 1.x only
+    # picks the multi-process CPU (gloo) mode when told `cpu=True`; otherwise every process believes
+    # it is a lone main process and they all write the same files.
+    cpu_processes = "LOCAL_RANK" in os.environ and not torch.cuda.is_available()
+    accelerator = Accelerator(
+        cpu=cpu_processes,
+        # Batches are copied from pinned memory while the device computes (see data.make_loader).
+        dataloader_config=DataLoaderConfiguration(non_blocking=True),
+        # auto: None, so the launcher's choice (ACCELERATE_MIXED_PRECISION) stands; explicit values win.
+        mixed_precision=accelerator_precision(config.mixed_precision),
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=list(config.report_to) or None,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir)),
+    )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise RuntimeError(
+            f"launched as {launched} processes but Accelerate runs {accelerator.num_processes}; "
+            "check the `accelerate launch` options (e.g. --multi_gpu --num_processes N)"
+        )
+    return accelerator

@@ -32,21 +32,19 @@ A recipe owns its model, optimiser and loss; :class:`Run` puts together what sur
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import set_seed
 from torch import nn
 
 from .checkpoints import Checkpoints
-from .config import BaseConfig, accelerator_precision, flat_hparams, save_config
+from .config import BaseConfig, flat_hparams, save_config
 from .data import DeviceLoader, TransformedDataset, make_loader
 from .evaluation import evaluate
-from .launch import check_trackers, launch_report, start_trackers
+from .launch import check_trackers, launch_report, make_accelerator, start_trackers
 from .loop import LossFn, TrainingLoop, epoch_batches
 from .nonfinite import NonFiniteGuard, NonFiniteLossError
 from .optim import StepScheduler, build_scheduler
@@ -80,26 +78,7 @@ class Run:
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.plan = config.periods()  # the periods between evaluations: epochs, or spans of iterations
         check_trackers(config.report_to)
-        # `accelerate launch --multi_gpu --num_processes N` on a machine without CUDA: Accelerate 1.x only
-        # picks the multi-process CPU (gloo) mode when told `cpu=True`; otherwise every process believes
-        # it is a lone main process and they all write the same files.
-        cpu_processes = "LOCAL_RANK" in os.environ and not torch.cuda.is_available()
-        self.accelerator = Accelerator(
-            cpu=cpu_processes,
-            # Batches are copied from pinned memory while the device computes (see data.make_loader).
-            dataloader_config=DataLoaderConfiguration(non_blocking=True),
-            # auto: None, so the launcher's choice (ACCELERATE_MIXED_PRECISION) stands; explicit values win.
-            mixed_precision=accelerator_precision(config.mixed_precision),
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            log_with=list(config.report_to) or None,
-            project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir)),
-        )
-        launched = int(os.environ.get("WORLD_SIZE", "1"))
-        if launched != self.accelerator.num_processes:
-            raise RuntimeError(
-                f"launched as {launched} processes but Accelerate runs {self.accelerator.num_processes}; "
-                "check the `accelerate launch` options (e.g. --multi_gpu --num_processes N)"
-            )
+        self.accelerator = make_accelerator(config, self.run_dir)
         for line in launch_report(self.accelerator, config.mixed_precision, config.data_backend):
             self.print(line)
         set_seed(config.seed, deterministic=config.deterministic)
