@@ -161,6 +161,25 @@ def test_finite_epochs_read_the_device_only_at_logging_steps(tmp_path, monkeypat
     run.accelerator.end_training()
 
 
+def test_a_run_is_freed_with_its_last_reference(tmp_path):
+    """No reference cycles: the run, its accelerator and the loaders it prepared go when the recipe returns, so
+    their data-loader workers (which ignore SIGTERM) stop before the interpreter's exit waits for child processes."""
+    import gc
+    import weakref
+
+    gc.collect()
+    gc.disable()
+    try:
+        run, (model, optimizer, loader, compute_loss), _ = _tiny_epoch(tmp_path, None)
+        run.train_epoch(model, optimizer, loader, compute_loss, 0)
+        run.accelerator.end_training()
+        freed = weakref.ref(run)
+        del run, model, optimizer, loader, compute_loss
+        assert freed() is None
+    finally:
+        gc.enable()
+
+
 def test_loader_options_memory_format_and_cudnn_benchmark(tmp_path):
     from dkl_train.config import ConfigError
 

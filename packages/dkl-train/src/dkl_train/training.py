@@ -79,6 +79,7 @@ class Run:
         self.plan = config.periods()  # the periods between evaluations: epochs, or spans of iterations
         check_trackers(config.report_to)
         self.accelerator = make_accelerator(config, self.run_dir)
+        self._say = main_process_printer(self.accelerator)
         for line in launch_report(self.accelerator, config.mixed_precision, config.data_backend):
             self.print(line)
         set_seed(config.seed, deterministic=config.deterministic)
@@ -100,18 +101,21 @@ class Run:
         if self.accelerator.is_main_process:
             save_config(config, self.run_dir / "config.yaml")
         tracker_dir = self.run_dir / tracker_name if "tensorboard" in config.report_to else None
-        self.records = RunRecords(
-            self.accelerator, config, self.state, self.plan, self.run_dir, tracker_dir, self.print
-        )
+        self.records = RunRecords(self.accelerator, config, self.state, self.plan, self.run_dir, tracker_dir, self._say)
         start_trackers(self.accelerator, tracker_name, flat_hparams(config), run_name=self.run_dir.name)
 
     def _compose(self) -> None:
-        """The pieces that share the accelerator and the counters: checkpoints, pre-emption, the NaN guard, the loop."""
+        """The pieces that share the accelerator and the counters: checkpoints, pre-emption, the NaN guard, the loop.
+
+        None of them holds the run itself: without reference cycles the run, its accelerator and the loaders
+        it prepared are freed when the recipe returns, and their data-loader workers (which ignore SIGTERM)
+        are shut down before the interpreter's exit waits for child processes.
+        """
         accelerator, config, state, name = self.accelerator, self.config, self.state, self.plan.name
         self.checkpoints = Checkpoints(
-            accelerator, self.checkpoint_dir, state, keep=config.keep_checkpoints, say=self.print, period_name=name
+            accelerator, self.checkpoint_dir, state, keep=config.keep_checkpoints, say=self._say, period_name=name
         )
-        self.preemption = Preemption(self.stop_signals, accelerator, state, self.checkpoints.save, self.print, name)
+        self.preemption = Preemption(self.stop_signals, accelerator, state, self.checkpoints.save, self._say, name)
         self.guard = NonFiniteGuard(
             accelerator, state, self.checkpoints.latest, log_every=config.log_every, lr=config.lr, period_name=name
         )
@@ -133,8 +137,7 @@ class Run:
 
     def print(self, *args: Any) -> None:
         """Print once (main process), above any progress bar."""
-        if self.accelerator.is_main_process:
-            write(" ".join(str(a) for a in args))
+        self._say(" ".join(str(a) for a in args))
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -333,3 +336,13 @@ class Run:
     def finish(self, final_metrics: dict[str, float] | None = None, extra: dict[str, Any] | None = None) -> dict:
         """Write ``results.json`` and close the trackers (:meth:`~dkl_train.records.RunRecords.finish`)."""
         return self.records.finish(final_metrics, extra)
+
+
+def main_process_printer(accelerator: Any) -> Callable[[str], None]:
+    """A ``say(text)`` that prints on the main process only, above any progress bar (holds no run)."""
+
+    def say(text: str) -> None:
+        if accelerator.is_main_process:
+            write(text)
+
+    return say
