@@ -91,6 +91,7 @@ def cpu_benchmark(args) -> tuple[dict, list[list[str]]]:
         accel_student, accel_optimizer = run.prepare(*fresh_student())
         accel_objective = kd_objective("ikl", ClassPrior(100, 4.0))
         loader = OneBatchLoader(batch, steps=1)
+        run.build_scheduler(accel_optimizer, loader)
 
         def accelerate_step():
             def compute_loss(b):
@@ -160,6 +161,7 @@ def cuda_benchmark(args) -> tuple[dict, list[list[str]]]:
             "label": torch.randint(0, 1000, (args.batch_size,), device=device),
         }
         loader = OneBatchLoader(batch, steps=args.cuda_steps)
+        run.build_scheduler(optimizer, loader)
 
         def make_step(method):
             def compute_loss(b):

@@ -13,9 +13,9 @@ natural model only ever sees natural images and never leaves train mode.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -65,17 +65,14 @@ def boundary_guidance(adversarial: Tensor, natural: Tensor, labels: Tensor) -> t
     return mse + ce, {"mse": mse.detach(), "ce_natural": ce.detach()}
 
 
-def set_first_epoch_lr(optimizer: torch.optim.Optimizer, config: AdvConfig, epoch: int) -> None:
-    """``lr_first_epoch`` (LBGAT: 0.02 where ``lr`` is 0.1) in the first epoch, the schedule's rate after it.
-
-    A per-group ``lr_scale``, which :meth:`dkl_train.training.Run.train_epoch` applies to the epoch's rate
-    (so the logged ``lr`` is the rate used); it travels with the optimiser in every checkpoint.
-    """
-    scale = 1.0
-    if epoch == 0 and config.lr_first_epoch is not None:
-        scale = config.lr_first_epoch / learning_rate(config, 0)
-    for group in optimizer.param_groups:
-        group["lr_scale"] = scale
+def epoch_learning_rate(config: AdvConfig) -> Callable[[int], float] | None:
+    """The rate per epoch with ``lr_first_epoch`` (LBGAT: 0.02 where ``lr`` is 0.1) in the first epoch, the
+    schedule's rate after it; ``None`` without it (the schedule alone). The run's scheduler applies it, so the
+    logged ``lr`` is the rate used and any per-group scale survives."""
+    first = config.lr_first_epoch
+    if first is None:
+        return None
+    return lambda epoch: first if epoch == 0 else learning_rate(config, epoch)
 
 
 def finish_natural(config: LBGATSettings, run: Run, natural: nn.Module, test_loader: Any, num_classes: int) -> dict:

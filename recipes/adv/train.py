@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from dkl_recipe_adv.attack import adversarial_images, epoch_attack
-from dkl_recipe_adv.lbgat import set_first_epoch_lr
+from dkl_recipe_adv.lbgat import epoch_learning_rate
 from dkl_recipe_adv.methods import ADV_METHODS, AdvMethod
 from dkl_recipe_adv.views import train_transform
 from dkl_recipe_adv.weights import finish_weights, robust_validation, should_validate
@@ -196,13 +196,14 @@ def train(config: AdvConfig) -> dict[str, Any]:
     for state in (*method.state(), ema, average):  # this order is the checkpoints' format
         if state is not None:
             run.register_for_checkpointing(state)
+    run.build_scheduler(optimizer, train_loader, epoch_rate=epoch_learning_rate(config))  # registered after them
     awp = None
     if config.awp:
         proxy = synchronised_proxy(net)
         awp = AdversarialWeightPerturbation(net, gamma=config.awp_gamma, lr=config.awp_lr or config.lr, proxy=proxy)
     run.resume()
 
-    for epoch in run.epochs():
+    for epoch in run.periods():
         schedule = epoch_attack(config, epoch)
         awp_on = awp is not None and epoch + 1 >= config.awp_warmup_epochs
 
@@ -217,7 +218,6 @@ def train(config: AdvConfig) -> dict[str, Any]:
             if ema is not None:
                 ema.update_parameters(net)
 
-        set_first_epoch_lr(optimizer, config, epoch)
         metrics = run.train_epoch(model, optimizer, train_loader, compute_loss, epoch, after_step=after_step)
         metrics.update(attack_eps=schedule.eps, attack_steps=schedule.steps, attack_step_size=schedule.step_size)
         method.end_epoch()

@@ -68,6 +68,7 @@ def train(config: KDConfig) -> dict[str, Any]:
     student = method.student(run.accelerator.unwrap_model(trained))
     train_loader, test_loader = run.train_loader(train_set), run.eval_loader(test_set)
     run.register_for_checkpointing(*method.state())
+    run.build_scheduler(optimizer, train_loader)  # registered last: the objects before keep their checkpoint files
     run.resume()
 
     extra: dict[str, Any] = {"method": config.method, "paper_top1": config.paper_top1}
@@ -76,7 +77,7 @@ def train(config: KDConfig) -> dict[str, Any]:
     def compute_loss(batch: dict[str, Any]) -> tuple[Any, dict]:
         return method.loss(trained, batch)
 
-    for epoch in run.epochs():
+    for epoch in run.periods():
         method.start_epoch(epoch)
         metrics = run.train_epoch(trained, optimizer, train_loader, compute_loss, epoch)
         method.end_epoch()

@@ -13,8 +13,8 @@ The rest is USB's protocol (README.md has each setting against the released code
 labeled validation split), weak view = RandomCrop(pad 1/8, reflect) + flip, strong view = weak + USB's
 RandAugment + Cutout, AdamW with timm's layer-wise lr decay, warm-up then USB's cosine per iteration,
 an EMA of the weights evaluated next to the model every ``eval_every_iters`` iterations. Batch sizes are
-global. Training runs in :meth:`~dkl_train.training.Run.train_steps`, the loop of every recipe (one
-"epoch" of it is an evaluation period here); the data stream is a pure function of ``(seed, iteration)``
+global. Training runs in :meth:`~dkl_train.training.Run.train_steps`, the loop of every recipe, one
+evaluation period (``run.plan``) at a time; the data stream is a pure function of ``(seed, iteration)``
 (:mod:`dkl_train.iterations`), so 2 processes equal 1 and a resumed run continues exactly.
 """
 
@@ -42,7 +42,6 @@ from dkl_train.data import (
 from dkl_train.errors import UserError, report_user_errors
 from dkl_train.evaluation import evaluate
 from dkl_train.iterations import Split, iteration_loader, split_indices
-from dkl_train.optim import iteration_learning_rate
 from dkl_train.randaugment import strong_transform, weak_transform
 from dkl_train.results import selected_by_validation
 from dkl_train.training import Run
@@ -59,7 +58,7 @@ class PretrainedError(UserError, RuntimeError):
 
 @dataclass
 class SSLConfig(IterationConfig):
-    """One semi-supervised run, in iterations. Batch sizes are global; Run's ``epochs`` are derived (periods)."""
+    """One semi-supervised run, in iterations. Batch sizes are global; Run counts periods of ``eval_every_iters``."""
 
     recipe: ClassVar[str] = "ssl"
     components: ClassVar[dict] = {"method": SSL_METHODS, "consistency": CONSISTENCIES}
@@ -188,7 +187,7 @@ def build_model(config: SSLConfig, num_classes: int, log: Callable[[str], None] 
 def build_optimizer(config: SSLConfig, model: nn.Module) -> torch.optim.Optimizer:
     """timm's factory: no weight decay on biases/norms/``no_weight_decay()`` names, optional layer-wise lr decay.
 
-    Layer scales land in each group's ``lr_scale``, which :func:`~dkl_train.optim.set_learning_rate` honours.
+    Layer scales land in each group's ``lr_scale``, which the run's scheduler (:class:`~dkl_train.optim.StepScheduler`) honours.
     """
     from timm.optim import create_optimizer_v2
 
@@ -235,6 +234,7 @@ def train(config: SSLConfig) -> dict[str, Any]:
     model, optimizer = run.prepare(model, optimizer)
     ema = ema_model(accelerator.unwrap_model(model), config.ema_decay)
     run.register_for_checkpointing(ema)
+    run.build_scheduler(optimizer)  # USB's warm-up + cosine per iteration, over timm's layer-wise scales
     run.resume()
     test_loader = run.eval_loader(data.test)
     val_loader = run.eval_loader(data.validation) if data.validation is not None else None
@@ -260,14 +260,13 @@ def train(config: SSLConfig) -> dict[str, Any]:
             return method.loss(model, labeled, unlabeled, run.state.global_step)
 
     unwrapped = accelerator.unwrap_model(model)
-    # Periods of eval_every_iters iterations: USB's lr per iteration, an EMA update per step.
-    for period in run.epochs():
-        begin, end = period * config.eval_every_iters, min((period + 1) * config.eval_every_iters, config.iterations)
-        # The streams stand at the run's global step, so the next end - begin - done pairs finish the period.
+    # Periods of eval_every_iters iterations, an EMA update per step.
+    for period in run.periods():
+        steps = len(run.plan.step_range(period))
+        # The streams stand at the run's global step, so the next steps - done pairs finish the period.
         metrics = run.train_steps(
-            model, optimizer, lambda done, n=end - begin: itertools.islice(streams, n - done), compute_loss, period,
-            total=end - begin,
-            lr_at_step=lambda iteration: iteration_learning_rate(config, iteration),
+            model, optimizer, lambda done, n=steps: itertools.islice(streams, n - done), compute_loss, period,
+            total=steps,
             after_step=lambda: ema.update_parameters(unwrapped),
             images_in=lambda pair: pair[0]["label"].shape[0] + pair[1]["label"].shape[0],
         )  # fmt: skip

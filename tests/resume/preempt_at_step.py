@@ -17,7 +17,7 @@ import sys
 
 from accelerate import Accelerator
 
-from dkl_train import training
+from dkl_train import preemption
 
 
 def main() -> None:
@@ -25,15 +25,15 @@ def main() -> None:
     at_step, _, name = step.partition(":")
     at_step, signum = int(at_step), getattr(signal, name or "SIGTERM")
     sent = False
-    stop_requested = training.Run.stop_requested
+    requested = preemption.Preemption.requested
     save_state = Accelerator.save_state
 
-    def signalling_stop_requested(run: training.Run) -> bool:
+    def signalling_requested(self: preemption.Preemption) -> bool:
         nonlocal sent
-        if run.state.global_step == at_step and run.is_main_process and not sent:
+        if self.state.global_step == at_step and self.accelerator.is_main_process and not sent:
             sent = True
             os.killpg(os.getpgrp(), signum)
-        return stop_requested(run)
+        return requested(self)
 
     def save_state_then_signal(accelerator: Accelerator, *a, **kw):  # noqa: ANN202 - Accelerate's own return
         out = save_state(accelerator, *a, **kw)
@@ -41,7 +41,7 @@ def main() -> None:
             os.kill(os.getpid(), signum)  # a second signal while the checkpoint is being saved
         return out
 
-    training.Run.stop_requested = signalling_stop_requested
+    preemption.Preemption.requested = signalling_requested
     Accelerator.save_state = save_state_then_signal
     sys.argv = [script, *args]
     runpy.run_path(script, run_name="__main__")

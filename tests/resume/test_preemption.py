@@ -110,16 +110,16 @@ def test_external_sigterm_mid_period_then_resume_equals_uninterrupted(digits_dir
     assert status == 0, out[-3000:]
 
     def signal_after_first_period(line: str, group: int) -> None:
-        if re.match(r"epoch 1/2: \w+=", line):  # the period's summary, not its progress bar
+        if re.match(r"period 1/2: \w+=", line):  # the period's summary, not its progress bar
             os.killpg(group, signal.SIGTERM)  # the data worker is in the group too, and must survive it
 
     command.append(f"output_dir={stopped}")
     status, out = run_in_own_group(command, signal_after_first_period)
     assert status == PREEMPTED_EXIT_CODE, out[-3000:]
-    assert "SIGTERM: stopped after optimiser step" in out and "(inside epoch 2)" in out and "Traceback" not in out
+    assert "SIGTERM: stopped after optimiser step" in out and "(inside period 2)" in out and "Traceback" not in out
     (mid,) = (stopped / "checkpoints").glob("epoch_0001_step_*")
     status, resumed = run_in_own_group([*command, "resume=true"])
-    assert status == 0 and f"resumed from {mid} (epoch 1, step " in resumed and ", inside epoch 2)" in resumed
+    assert status == 0 and f"resumed from {mid} (period 1, step " in resumed and ", inside period 2)" in resumed
 
     a, b = results(straight), results(stopped)
     timing = {"images_per_s", "iterations_per_s"}

@@ -9,14 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from dkl_recipe_adv.attack import adversarial_images, epoch_attack
-from dkl_recipe_adv.lbgat import LBGATPair, set_first_epoch_lr
+from dkl_recipe_adv.lbgat import LBGATPair, epoch_learning_rate
 from dkl_recipe_adv.train import AdvConfig, build_method
 from torch import nn
 
 from dkl_core import ClassPrior
 from dkl_train.config import ConfigError, build_config, load_config
 from dkl_train.models import create_model
-from dkl_train.optim import learning_rate, set_learning_rate
+from dkl_train.optim import build_scheduler
 from tests.unit.test_models_published import lbgat_resnet18, trades_wrn
 
 CONFIGS = Path(__file__).parents[2] / "recipes" / "adv" / "configs"
@@ -107,6 +107,8 @@ def test_attack_is_the_released_one(name):
 def test_learning_rate_per_epoch_is_the_released_one():
     config = load_config(AdvConfig, CONFIGS / "cifar100_wrn34_lbgat_beta6.yaml")
     optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=config.lr)
+    # One optimiser step per epoch here: the run's scheduler, as the recipe builds it.
+    scheduler = build_scheduler(config, optimizer, steps_per_epoch=1, epoch_rate=epoch_learning_rate(config))
 
     def released(epoch: int) -> float:  # train_lbgat_cifar100.py adjust_learning_rate, 1-based epochs
         lr = 0.02 if epoch == 1 else 0.1
@@ -115,9 +117,10 @@ def test_learning_rate_per_epoch_is_the_released_one():
         return lr
 
     for epoch in range(config.epochs):
-        set_first_epoch_lr(optimizer, config, epoch)  # then what Run.train_epoch does
-        set_learning_rate(optimizer, learning_rate(config, epoch))
         assert optimizer.param_groups[0]["lr"] == pytest.approx(released(epoch + 1), rel=1e-12), epoch + 1
+        optimizer.step()
+        scheduler.step()
+    assert epoch_learning_rate(config)(0) == 0.02  # the released first-epoch rate, exactly
 
 
 @pytest.mark.parametrize("name", list(LBGAT_CONFIGS))

@@ -156,7 +156,9 @@ def test_schedule_is_usb_warmup_then_seven_sixteenths_cosine():
     assert iteration_learning_rate(config, 50) == pytest.approx(0.5)
     assert iteration_learning_rate(config, 100) == pytest.approx(1.0)
     assert iteration_learning_rate(config, 1000) == pytest.approx(math.cos(math.pi * 7 / 16))
-    assert config.epochs == 10 and config.eval_every == 1
+    periods = config.periods()
+    assert (periods.count, periods.eval_every, periods.step_range(9)) == (10, 1, range(900, 1000))
+    assert not hasattr(config, "epochs")  # periods of iterations, not disguised as epochs
 
 
 def test_config_rejects_mismatched_loss_and_bad_stop():

@@ -120,6 +120,7 @@ def _tiny_epoch(tmp_path, bad_step: int | None, **overrides):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     model, optimizer = run.prepare(model, optimizer)
     loader = run.device_loader(run.accelerator.prepare(dataset), dataset)
+    run.build_scheduler(optimizer, loader)
     steps = []
 
     def compute_loss(batch):
@@ -152,14 +153,31 @@ def test_a_nan_loss_at_step_k_stops_the_epoch_naming_k_and_the_range(tmp_path, l
 def test_finite_epochs_read_the_device_only_at_logging_steps(tmp_path, monkeypatch):
     run, (model, optimizer, loader, compute_loss), steps = _tiny_epoch(tmp_path, None, log_every=3)
     checks = []
-    original = run.raise_if_nonfinite
-    monkeypatch.setattr(
-        run, "raise_if_nonfinite", lambda epoch: checks.append(run.state.global_step) or original(epoch)
-    )
+    original = run.guard.check
+    monkeypatch.setattr(run.guard, "check", lambda epoch: checks.append(run.state.global_step) or original(epoch))
     metrics = run.train_epoch(model, optimizer, loader, compute_loss, 0)
     assert steps == [1, 2, 3, 4, 5, 6] and checks == [3, 6, 6]  # logging steps 3 and 6, then the epoch's end
     assert metrics["scale"] == 2.0 and torch.isfinite(torch.tensor(metrics["train_loss"]))
     run.accelerator.end_training()
+
+
+def test_a_run_is_freed_with_its_last_reference(tmp_path):
+    """No reference cycles: the run, its accelerator and the loaders it prepared go when the recipe returns, so
+    their data-loader workers (which ignore SIGTERM) stop before the interpreter's exit waits for child processes."""
+    import gc
+    import weakref
+
+    gc.collect()
+    gc.disable()
+    try:
+        run, (model, optimizer, loader, compute_loss), _ = _tiny_epoch(tmp_path, None)
+        run.train_epoch(model, optimizer, loader, compute_loss, 0)
+        run.accelerator.end_training()
+        freed = weakref.ref(run)
+        del run, model, optimizer, loader, compute_loss
+        assert freed() is None
+    finally:
+        gc.enable()
 
 
 def test_loader_options_memory_format_and_cudnn_benchmark(tmp_path):
@@ -240,7 +258,7 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path, capsys):
 def test_stop_signal_saves_the_position_inside_the_epoch_and_exits_143(tmp_path, capsys):
     run = Run(config(output_dir=tmp_path / "run", keep_checkpoints=3))
     before = signal.getsignal(signal.SIGTERM)
-    epochs = run.epochs()
+    epochs = run.periods()
     assert next(epochs) == 0 and signal.getsignal(signal.SIGTERM) == run.stop_signals.on_signal
     assert not run.stop_requested()
     os.kill(os.getpid(), signal.SIGUSR1)

@@ -1,7 +1,7 @@
 """Checkpoint folders on disk: atomic saves through Accelerate, a manifest of their files, damage checks.
 
-:class:`~dkl_train.training.Run` decides when to save and what to resume from; this module knows the
-folder format. A checkpoint is ``checkpoints/epoch_XXXX`` (completed epochs) or
+:class:`~dkl_train.training.Run` decides when to save; this module knows the folder format and what to
+resume from (:class:`Checkpoints`). A checkpoint is ``checkpoints/epoch_XXXX`` (completed epochs) or
 ``epoch_XXXX_step_YYYYYYYY`` (saved inside an epoch on pre-emption): ``accelerator.save_state``'s files,
 each process's registered objects for a mid-epoch one (``process_state_<rank>.pkl``; Accelerate saves the
 main process's only), and ``checkpoint.json`` listing every file and its size. It is written into
@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 
 from .atomic import fsync_dir, fsync_tree
 
@@ -190,3 +192,90 @@ def short_error(err: BaseException) -> str:
     """``Type: first line of the message`` (at most 200 characters of it)."""
     lines = str(err).strip().splitlines()
     return f"{type(err).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
+
+
+class Checkpoints:
+    """A run's checkpoint folder: when a save is mid-period, what to resume from, damaged ones moved aside.
+
+    Args:
+        accelerator: the run's (saves and loads its prepared and registered objects).
+        directory: ``<run folder>/checkpoints``.
+        state: the run's counters (``epoch``, ``global_step``, ``partial``: set inside a period).
+        keep: how many checkpoints to keep.
+        say: prints once (main process).
+        period_name: what a period is called ("epoch", "period") in messages.
+    """
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        directory: Path,
+        state: Any,
+        *,
+        keep: int,
+        say: Callable[[str], None],
+        period_name: str = "epoch",
+    ) -> None:
+        self.accelerator, self.directory, self.state = accelerator, directory, state
+        self.keep, self.say, self.period_name = keep, say, period_name
+
+    def folders(self) -> list[Path]:
+        """The complete checkpoint folders, oldest first (their names sort in training order)."""
+        return checkpoint_folders(self.directory)
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint folder (temporary folders of interrupted saves are ignored)."""
+        done = self.folders()
+        return done[-1] if done else None
+
+    def save(self) -> Path:
+        """Save the run as ``checkpoints/<name>`` atomically (:func:`write_checkpoint`); mid-period when ``state.partial`` is set."""
+        state = self.state
+        mid_epoch = state.partial is not None
+        return write_checkpoint(
+            self.accelerator,
+            self.directory,
+            checkpoint_name(state.epoch, state.global_step, mid_epoch),
+            {"epoch": state.epoch, "global_step": state.global_step},
+            mid_epoch=mid_epoch,
+            keep=self.keep,
+        )
+
+    def resume(self) -> Path | None:
+        """Load the newest usable checkpoint; ``None`` when there is none (the run starts from scratch).
+
+        A damaged one (a file missing, resized or unreadable on any process) is moved aside to
+        ``damaged_<name>`` with a warning and the previous one is loaded; every process loads the same one.
+        :class:`CheckpointError` when none is usable.
+        """
+        candidates = self.folders()
+        if not candidates:
+            return None
+        damaged: list[tuple[Path, str]] = []
+        for path in reversed(candidates):
+            self.state.partial = None  # a checkpoint without the field is a period boundary
+            problem = restore_checkpoint(self.accelerator, path)
+            problems = [p for p in gather_object([problem]) if p]  # agree: a file may fail on one process only
+            if not problems:
+                break
+            damaged.append((path, problems[0]))
+        else:
+            listing = "; ".join(f"{path}: {problem}" for path, problem in damaged)
+            raise CheckpointError(
+                f"no usable checkpoint to resume from in {self.directory} ({listing}). Restore the damaged "
+                f"files from a copy, or move {self.directory} away (or choose another output_dir=...) to "
+                "start the run over."
+            )
+        for bad, problem in damaged:
+            if self.accelerator.is_main_process:
+                move_aside(bad)
+            self.say(
+                f"warning: checkpoint {bad} is damaged ({problem}); moved it to {damaged_path(bad)} and resumed from the "
+                f"previous complete checkpoint {path} instead (the training after it is done again)"
+            )
+        self.accelerator.wait_for_everyone()
+        inside = self.state.partial
+        name = self.period_name
+        where = f", inside {name} {inside['epoch'] + 1}" if inside is not None else ""
+        self.say(f"resumed from {path} ({name} {self.state.epoch}, step {self.state.global_step}{where})")
+        return path

@@ -38,6 +38,7 @@ import yaml
 
 from .atomic import write_text_atomic
 from .errors import UserError, record_error
+from .periods import Periods
 
 if TYPE_CHECKING:
     from .methods import Registry
@@ -58,10 +59,9 @@ class BaseConfig:
     """Fields every recipe has. Batch sizes are *global* (summed over processes and accumulation steps).
 
     How long a run is and when it evaluates and saves is the recipe's schedule: :class:`EpochConfig` for
-    the epoch-based recipes (KD, adversarial training), iterations for SSL. :class:`~dkl_train.training.Run`
-    reads the schedule as ``epochs`` (periods of training between evaluations), ``eval_every``,
-    ``checkpoint_every`` and ``stop_after_epochs``: fields of :class:`EpochConfig`, derived properties of an
-    iteration-based config (whose ``--help`` then lists only the settings it reads).
+    the epoch-based recipes (KD, adversarial training), :class:`IterationConfig` for SSL. Each says what
+    its periods between evaluations are (``periods()``, a :class:`~dkl_train.periods.Periods`), which
+    :class:`~dkl_train.training.Run` iterates.
     """
 
     recipe: ClassVar[str | None] = None  # the recipe's name (kd, adv, ssl), recorded in results.json; not a setting
@@ -154,12 +154,16 @@ class EpochConfig(BaseConfig):
     max_steps_per_epoch: int = 0  # end each epoch after N optimiser steps (0 = no limit)
     stop_after_epochs: int = 0  # end the run after N epochs as an interruption would (resume tests; 0 = off)
 
+    def periods(self) -> Periods:
+        """Epochs: evaluated every ``eval_every``, saved every ``checkpoint_every``."""
+        return Periods(self.epochs, "epoch", self.eval_every, self.checkpoint_every, self.stop_after_epochs)
+
 
 @dataclasses.dataclass
 class IterationConfig(BaseConfig):
     """A recipe that trains in iterations (SSL, as USB): warm-up then cosine per iteration, periods of evaluation.
 
-    :class:`~dkl_train.training.Run` counts in periods of ``eval_every_iters`` iterations (its "epochs"):
+    :class:`~dkl_train.training.Run` counts in periods of ``eval_every_iters`` iterations (:meth:`periods`):
     evaluation and checkpoints at the end of each one. :func:`~dkl_train.optim.iteration_learning_rate`
     is the schedule.
     """
@@ -173,18 +177,12 @@ class IterationConfig(BaseConfig):
     checkpoint_every: int = 1  # evaluation periods between checkpoints (the last one is always saved)
     stop_after_iters: int = 0  # stop (after a checkpoint) here without finishing: tests of resume (0 = off)
 
-    # Run's schedule, derived: its "epochs" are the evaluation periods.
-    @property
-    def epochs(self) -> int:
-        return math.ceil(self.iterations / self.eval_every_iters)
-
-    @property
-    def eval_every(self) -> int:
-        return 1
-
-    @property
-    def stop_after_epochs(self) -> int:
-        return self.stop_after_iters // self.eval_every_iters
+    def periods(self) -> Periods:
+        """Periods of ``eval_every_iters`` iterations (the last one may be shorter), each evaluated."""
+        return Periods(
+            math.ceil(self.iterations / self.eval_every_iters), "period", 1, self.checkpoint_every,
+            self.stop_after_iters // self.eval_every_iters, steps=self.eval_every_iters, total_steps=self.iterations,
+        )  # fmt: skip
 
     def validate(self) -> None:
         if self.gradient_accumulation_steps != 1:

@@ -182,3 +182,62 @@ def gpu_backend_on_cpu_warning(data_backend: str, device_type: str) -> str | Non
         "device that runs on the host, one batch at a time, and is slower than the pil backend's parallel "
         "workers. Use data_backend=pil here (the gpu backend is for a CUDA device with too few host cores)."
     )
+
+
+def launch_report(accelerator: Accelerator, mixed_precision: str | None, data_backend: str) -> list[str]:
+    """What a run prints at start: processes, machines, device, precision and the source of each; then
+    warnings about idle GPUs and a gpu data backend without a GPU."""
+    import torch
+
+    options = launcher_options()
+    config_file, file_values = accelerate_config_file(options)
+    sources = launch_sources(mixed_precision, options, config_file, file_values, dict(os.environ))
+    machines = int(os.environ.get("GROUP_WORLD_SIZE", "1"))  # torchrun's node count (1: one machine)
+    launcher_precision = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    overridden = (
+        f"; overrides the launcher's {launcher_precision}"
+        if sources["precision"] == "run config" and launcher_precision not in (None, accelerator.mixed_precision)
+        else ""
+    )
+    line = (
+        f"launch: {accelerator.num_processes} process(es) ({sources['processes']}), {machines} machine(s) "
+        f"({sources['machines']}), device {accelerator.device.type} ({sources['device']}), precision "
+        f"{accelerator.mixed_precision} ({sources['precision']}{overridden})"
+    )
+    used_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if accelerator.device.type == "cuda" else 0
+    notices = [
+        unused_gpu_warning(torch.cuda.device_count() if torch.cuda.is_available() else 0, used_here),
+        gpu_backend_on_cpu_warning(data_backend, accelerator.device.type),
+    ]
+    return [line, *filter(None, notices)]
+
+
+def make_accelerator(config: Any, run_dir: Path) -> Accelerator:
+    """The run's :class:`~accelerate.Accelerator`; raises when the launcher's process count and Accelerate's differ."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+
+    from .config import accelerator_precision
+
+    # `accelerate launch --multi_gpu --num_processes N` on a machine without CUDA: Accelerate 1.x only
+    # picks the multi-process CPU (gloo) mode when told `cpu=True`; otherwise every process believes
+    # it is a lone main process and they all write the same files.
+    cpu_processes = "LOCAL_RANK" in os.environ and not torch.cuda.is_available()
+    accelerator = Accelerator(
+        cpu=cpu_processes,
+        # Batches are copied from pinned memory while the device computes (see data.make_loader).
+        dataloader_config=DataLoaderConfiguration(non_blocking=True),
+        # auto: None, so the launcher's choice (ACCELERATE_MIXED_PRECISION) stands; explicit values win.
+        mixed_precision=accelerator_precision(config.mixed_precision),
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=list(config.report_to) or None,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir)),
+    )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise RuntimeError(
+            f"launched as {launched} processes but Accelerate runs {accelerator.num_processes}; "
+            "check the `accelerate launch` options (e.g. --multi_gpu --num_processes N)"
+        )
+    return accelerator

@@ -1,13 +1,15 @@
 """The watch for a non-finite loss: noted on the device every step, read by the host at checks only.
 
-:class:`~dkl_train.training.Run` notes every micro-batch's loss here (:meth:`LossWatch.note` queues device
-operations only, so no step waits for the device) and checks at logging steps and at the end of each
-epoch (:meth:`LossWatch.first_bad`, a collective), raising :class:`NonFiniteLossError` for the first bad
-step of any process, with its loss terms.
+The training loop notes every micro-batch's loss in the run's :class:`NonFiniteGuard` (:meth:`LossWatch.note`
+queues device operations only, so no step waits for the device) and checks at logging steps and at the end
+of each period (:meth:`LossWatch.first_bad`, a collective), raising :class:`NonFiniteLossError` for the first
+bad step of any process, with its loss terms.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,6 +62,60 @@ class LossWatch:
             return None
         step, row = min(bad, key=lambda item: item[0])
         return step, dict(zip(self.names, row[1:], strict=False)), row[0]
+
+
+class NonFiniteGuard:
+    """A run's :class:`LossWatch` and its error message: notes each micro-batch, raises at the checks.
+
+    Args:
+        accelerator: the run's (the check is a collective).
+        state: the run's counters (``global_step``: the optimiser steps done).
+        last_checkpoint: the newest complete checkpoint (named in the error).
+        log_every: the steps between checks at logging steps (named in the error).
+        lr: the peak learning rate (the advice names it).
+        period_name: what a period is called ("epoch", "period").
+    """
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        state: Any,
+        last_checkpoint: Callable[[], Path | None],
+        *,
+        log_every: int,
+        lr: float,
+        period_name: str = "epoch",
+    ) -> None:
+        self.accelerator, self.state, self.last_checkpoint = accelerator, state, last_checkpoint
+        self.log_every, self.lr, self.period_name = log_every, lr, period_name
+        self.watch = LossWatch()
+
+    def note(self, loss: torch.Tensor, terms: dict[str, Any]) -> None:
+        """Note on the device whether the loss of optimiser step ``global_step + 1`` is finite (no synchronisation)."""
+        self.watch.note(self.state.global_step + 1, loss, terms)
+
+    def check(self, period: int) -> None:
+        """Raise :class:`NonFiniteLossError` if a noted loss was NaN/inf (a sync and a collective: every process)."""
+        watch, now = self.watch, self.state.global_step
+        checked_from, watch.checked_through = watch.checked_through, now
+        found = watch.first_bad(self.accelerator)
+        if found is None:
+            return
+        step, terms, loss = found
+        shown = ", ".join(f"{name}={value:.4g}" for name, value in terms.items())
+        last = self.last_checkpoint()
+        checked = (
+            f"; found at the check after step {now} (losses are checked at logging steps, log_every="
+            f"{self.log_every}, and at the end of each {self.period_name}: steps {checked_from + 1}-{now} ran "
+            "since the previous check)"
+            if now > step
+            else ""
+        )
+        raise NonFiniteLossError(
+            f"non-finite loss {loss:.4g} at {self.period_name} {period + 1}, optimiser step {step} (terms: "
+            f"{shown or 'none'}){checked}. Nothing was saved for this {self.period_name}; the last good checkpoint "
+            f"is {last if last else 'none'}. " + nonfinite_advice(self.lr, self.accelerator.mixed_precision)
+        )
 
 
 def nonfinite_advice(lr: float, precision: str) -> str:

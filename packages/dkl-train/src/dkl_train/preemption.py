@@ -18,7 +18,10 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 
@@ -115,3 +118,77 @@ class StopSignals:
     def first_name(self) -> str:
         """The first stop signal's name, for the run's last message (the stop may come from another process)."""
         return signal.Signals(self.first).name if self.first is not None else "another process's stop signal"
+
+
+class Preemption:
+    """A run's pre-emption: its :class:`StopSignals`, the mid-period checkpoint and exit, the position handed back.
+
+    Args:
+        signals: the run's stop signals.
+        accelerator: the run's (ends the trackers before the exit).
+        state: the run's counters (``global_step``; ``partial``: the position saved inside a period).
+        save: writes a checkpoint of the run as it is now (mid-period while ``state.partial`` is set).
+        say: prints once (main process).
+        period_name: what a period is called ("epoch", "period") in messages.
+    """
+
+    def __init__(
+        self,
+        signals: StopSignals,
+        accelerator: Any,
+        state: Any,
+        save: Callable[[], Path],
+        say: Callable[[str], None],
+        period_name: str = "epoch",
+    ) -> None:
+        self.signals, self.accelerator, self.state = signals, accelerator, state
+        self.save, self.say, self.period_name = save, say, period_name
+
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        """While inside, SIGTERM/SIGUSR1 only ask the run to stop after its current optimiser step."""
+        self.signals.install()
+        try:
+            yield
+        finally:
+            self.signals.complete_pending()  # every process posted it: complete it before any teardown
+            self.signals.restore()
+
+    def requested(self) -> bool:
+        """Whether every process should stop now; call it on every process after every optimiser step.
+
+        The same answer on every process, one step after the first one saw a signal, without a
+        host-device synchronisation (:meth:`StopSignals.agreed`).
+        """
+        return self.signals.agreed(wait=False)
+
+    def agreed_at_end(self) -> bool:
+        """At a period's end: whether a signal arrived during its last step (decided now, every process)."""
+        return self.signals.agreed(wait=True)
+
+    def preempt(self, period: int, progress: dict[str, Any]) -> NoReturn:
+        """Save a mid-period checkpoint holding ``progress`` (this process's position), then exit with 143 (130 after
+        Ctrl-C)."""
+        self.state.partial = {"epoch": period, **progress}
+        path = self.save()
+        self.state.partial = None
+        signals = self.signals
+        ignored = f"; {signals.extra} more signal(s) after the first were ignored" if signals.extra else ""
+        self.say(
+            f"{signals.first_name}: stopped after optimiser step {self.state.global_step} (inside {self.period_name} "
+            f"{period + 1}); checkpoint {path}{ignored}. Exiting with status {signals.exit_code}; continue with "
+            "resume=true."
+        )
+        self.accelerator.end_training()
+        signals.restore()  # (signals until here are still only counted)
+        raise SystemExit(signals.exit_code)  # 143, or 130 after Ctrl-C
+
+    def resumed_progress(self, period: int, device: torch.device) -> dict[str, Any] | None:
+        """The progress :meth:`preempt` saved inside ``period``, once (tensors on ``device``); else ``None``."""
+        from .data import to_device
+
+        partial = self.state.partial
+        if partial is None or partial.get("epoch") != period:
+            return None
+        self.state.partial = None
+        return {k: to_device(v, device) for k, v in partial.items() if k != "epoch"}

@@ -51,10 +51,12 @@ def check_resumable(config: BaseConfig, run_dir: Path, latest: Path, say: Callab
                 say(f"resume: {key} changed from {old!r} to {new!r}{note}")
     epoch, mid_epoch = checkpoint_position(latest)
     results = run_dir / "results.json"
-    if not mid_epoch and epoch >= config.epochs and results.is_file():
+    periods = config.periods()
+    if not mid_epoch and epoch >= periods.count and results.is_file():
+        longer = " (to train longer, resume with a larger epochs=...)" if periods.steps is None else ""
         say(
-            f"{run_dir} holds a finished run: its last checkpoint {latest.name} ends epoch {epoch} of {config.epochs} "
-            f"and its results are in {results}. Nothing to do (to train longer, resume with a larger epochs=...)."
+            f"{run_dir} holds a finished run: its last checkpoint {latest.name} ends {periods.name} {epoch} of "
+            f"{periods.count} and its results are in {results}. Nothing to do{longer}."
         )
         raise SystemExit(0)
 
