@@ -17,6 +17,7 @@ the chunks run IKL with the wMSE weight rescaled to it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -338,11 +339,23 @@ def _fused(
     return _apply(hidden, student_weight, student_bias, plan)
 
 
-@torch.compiler.disable
 def _apply(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: _Plan) -> torch.Tensor:
-    """A graph break inside ``torch.compile``: the chunk loop (Python control flow over data-dependent row
-    counts) runs eagerly there, and the compiled code around it keeps its graphs."""
+    """The chunk loop, eager. Inside ``torch.compile`` a graph break: the loop (Python control flow over
+    data-dependent row counts) runs eagerly there, and the compiled code around it keeps its graphs."""
+    if torch.compiler.is_compiling():
+        return _eager_apply()(hidden, weight, bias, plan)
+    return _run(hidden, weight, bias, plan)
+
+
+def _run(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: _Plan) -> torch.Tensor:
     return _FusedLinearLoss.apply(hidden, weight, bias, plan, torch.is_grad_enabled())
+
+
+@functools.cache
+def _eager_apply() -> Callable[..., torch.Tensor]:
+    # Made on first use under torch.compile: torch.compiler.disable imports torch._dynamo, which would add
+    # seconds to every `import dkl_core`.
+    return torch.compiler.disable(_run)
 
 
 def fused_linear_kl_loss(
