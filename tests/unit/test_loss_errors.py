@@ -18,7 +18,7 @@ S, T = torch.randn(4, 10), torch.randn(4, 10)
         (torch.randn(4, 1), torch.randn(4, 1), "at least 2 classes"),
         (torch.randint(0, 5, (4, 10)), torch.randn(4, 10), "floating-point"),
         (torch.randn(4, 10), torch.randint(0, 5, (4, 10)), "floating-point"),
-        (torch.randn(40), torch.randn(40), r"shape \[B, C\]"),
+        (torch.randn(40), torch.randn(40), r"shape \[B, (C|V)\]"),
         (torch.randn(0, 10), torch.randn(0, 10), "empty batch"),
     ],
 )

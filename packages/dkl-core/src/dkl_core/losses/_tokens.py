@@ -21,8 +21,11 @@ def flat_rows(name: str, tensor: torch.Tensor, last: str = "V") -> torch.Tensor:
         raise ValueError(f"{name} must be a torch.Tensor of shape [..., {last}], got {type(tensor).__name__}")
     if not tensor.is_floating_point():
         raise ValueError(f"{name} must be floating-point, got dtype {tensor.dtype}")
-    if tensor.dim() < 1:
-        raise ValueError(f"{name} must have shape [..., {last}], got a 0-dim tensor")
+    if tensor.dim() < 2:  # a lone [V] is far more often a batch that lost its dimension than one position
+        raise ValueError(
+            f"{name} must have shape [B, {last}] or [..., {last}] (at least one position dimension), "
+            f"got {tuple(tensor.shape)}"
+        )
     return tensor.reshape(-1, tensor.shape[-1])
 
 
