@@ -11,7 +11,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from dkl_train import gpu_decode
-from dkl_train.config import BaseConfig, ConfigError
+from dkl_train.config import BaseConfig, ConfigError, EpochConfig
 from dkl_train.data import TransformedDataset, build_transform, get_spec
 from dkl_train.gpu_decode import (
     BatchDecoder,
@@ -304,8 +304,8 @@ def test_run_loader_gives_normalised_batches_like_the_pil_backend(tmp_path: Path
                 Image.fromarray(smooth_image(height, width, phase=c + k)).save(folder / f"{wnid}_{k}.JPEG", quality=95)
     prepare_imagenet(root, tmp_path / "data" / "imagenet", num_classes=2, log=lambda line: None)
 
-    def config(backend: str) -> BaseConfig:
-        return BaseConfig(
+    def config(backend: str) -> EpochConfig:  # a Run needs a schedule of periods: epochs here
+        return EpochConfig(
             dataset="imagenet",
             data_dir=str(tmp_path / "data"),
             data_backend=backend,
