@@ -186,10 +186,11 @@ class _FusedLinearLoss(torch.autograd.Function):
             total, *_ = _walk(plan, hidden, weight, bias, None, (False, False, False))
             return _finish_rows(plan, total)
         total, *grads = _walk(plan, hidden, weight, bias, None, want)
-        scale = 1.0 if plan.reduction == "sum" else 1.0 / plan.divisor
         if plan.reduction == "mean":
-            total = total * scale
-            grads = [None if grad is None else grad.mul_(scale) for grad in grads]
+            # Divided, as the dense losses do: 1 / an int64 tensor would be a float32 reciprocal (HF Trainer's
+            # num_items_in_batch is one), off by a rounding step in float64.
+            total = total / plan.divisor
+            grads = [None if grad is None else grad.div_(plan.divisor) for grad in grads]
         ctx.save_for_backward(*(None if g is None else g.to(d) for g, d in zip(grads, ctx.dtypes, strict=True)))
         return total
 
