@@ -328,11 +328,8 @@ def _readers(schema: type, key: str) -> dict[str, list[str]]:
 
 def _method_keys(schema: type) -> list[str]:
     """Every setting of every registered method of ``schema``'s components."""
-    return sorted({key for field in getattr(schema, "components", {}) for key in _all_settings(schema, field)})
-
-
-def _all_settings(schema: type, field: str) -> set[str]:
-    return {f.name for cls in schema.components[field] for f in dataclasses.fields(cls.Settings)}
+    registries = getattr(schema, "components", {}).values()
+    return sorted({f.name for registry in registries for cls in registry for f in dataclasses.fields(cls.Settings)})
 
 
 def _unknown_key(key: str, valid: list[str], where: str, schema: type | None = None) -> ConfigError:
