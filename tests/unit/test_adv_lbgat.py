@@ -169,6 +169,26 @@ def test_natural_model_is_the_released_resnet18_variant():
     assert sizes == [32, 32, 16, 8]  # the second stage keeps stride 1 (mdistiller's ResNet18: 32/16/8/4)
 
 
+def test_natural_model_keeps_pytorchs_default_initialisation():
+    """The released ``ResNet18_cifar`` initialises nothing: each layer, built in this order, draws PyTorch's
+    default from the one generator (a 3x3 conv of 64 inputs: U(-1/24, 1/24), std 0.024, not He's 0.059)."""
+    torch.manual_seed(0)
+    model = create_model("resnet18_lbgat", 100)
+    torch.manual_seed(0)
+    for name, module in model.named_modules():  # every layer is registered as it is built
+        if isinstance(module, nn.Conv2d):
+            reference = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, bias=False)
+        elif isinstance(module, nn.Linear):
+            reference = nn.Linear(module.in_features, module.out_features)
+        elif isinstance(module, nn.BatchNorm2d):
+            reference = nn.BatchNorm2d(module.num_features)
+        else:
+            continue
+        for key, value in reference.state_dict().items():
+            assert torch.equal(module.state_dict()[key], value), f"{name}.{key}"
+    assert model.layer1[0].conv1.weight.std().item() == pytest.approx(1 / 1728**0.5, rel=0.02)
+
+
 def test_robust_wrn_builds_the_lbgat_layout():
     with torch.device("meta"):
         for name, k in (("wrn_34_10", 10), ("wrn_34_20", 20)):

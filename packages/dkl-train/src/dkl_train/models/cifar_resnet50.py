@@ -6,7 +6,9 @@ the names of mdistiller's ``ResNet50_vanilla`` CIFAR-100 teacher, which loads st
 
 ``resnet18_lbgat`` is the natural model LBGAT trains beside its robust WRN (``ResNet18_cifar`` of
 ``dvlab-research/LBGAT`` ``models/resnetcifar.py``): the same names, but the second stage keeps stride 1,
-so the stages run at 32/32/16/8 px (the pooled map is 8x8, pooled by ``avg_pool2d(out, 8)`` there).
+so the stages run at 32/32/16/8 px (the pooled map is 8x8, pooled by ``avg_pool2d(out, 8)`` there), and its
+weights keep PyTorch's default initialisation (the released file initialises nothing: a 3x3 conv of 64 inputs
+draws from U(-1/24, 1/24), std 0.024, where mdistiller's He-normal fan-out has std 0.059).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class CifarResNetV2(nn.Module):
         num_blocks: tuple[int, int, int, int],
         num_classes: int,
         strides: tuple[int, int, int, int] = (1, 2, 2, 2),
+        he_init: bool = True,
     ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -39,7 +42,8 @@ class CifarResNetV2(nn.Module):
         self.layer3, planes = make_stage(block, planes, 256, num_blocks[2], strides[2], "shortcut")
         self.layer4, planes = make_stage(block, planes, 512, num_blocks[3], strides[3], "shortcut")
         self.linear = nn.Linear(planes, num_classes)
-        init_conv_bn_(self)
+        if he_init:  # mdistiller's; without it every layer keeps PyTorch's default
+            init_conv_bn_(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
@@ -66,8 +70,9 @@ def resnet18_cifar(num_classes: int) -> CifarResNetV2:
 
 @register_model("resnet18_lbgat")
 def resnet18_lbgat(num_classes: int) -> CifarResNetV2:
-    """LBGAT's natural model ``ResNet18_cifar``: ``ResNet18`` with a stride-1 second stage (32/32/16/8 px)."""
-    return CifarResNetV2(BasicBlock, (2, 2, 2, 2), num_classes, strides=(1, 1, 2, 2))
+    """LBGAT's natural model ``ResNet18_cifar``: ``ResNet18`` with a stride-1 second stage (32/32/16/8 px) and
+    PyTorch's default initialisation."""
+    return CifarResNetV2(BasicBlock, (2, 2, 2, 2), num_classes, strides=(1, 1, 2, 2), he_init=False)
 
 
 @register_model("ResNet50")
