@@ -27,6 +27,7 @@ install: $(STAMP) ## Create .venv and install every package of the repo (editabl
 $(STAMP): requirements/constraints.txt requirements/dev.txt $(addsuffix /pyproject.toml,$(PROJECTS))
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -c requirements/constraints.txt -r requirements/dev.txt $(EDITABLE)
+	@$(PY) -m dkl_train.quiet_launch --write-pth >/dev/null  # .venv/bin/accelerate launch: a run's error without the launcher's traceback
 	@touch $@
 
 test: install ## Run the whole test suite (unit, recipe smoke, distributed, resume)

@@ -25,7 +25,6 @@ Usage: ``python -m tools.last_error COMMAND [ARGS ...]``
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -34,6 +33,8 @@ import tempfile
 from pathlib import Path
 
 import psutil
+
+from dkl_train.quiet_launch import exit_status, hide_defaults_notice, repeat_error
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
 # The launcher run in-process. Its module's name in the command line lets a run read the launcher's options
@@ -94,24 +95,10 @@ def forward(launcher: int, signum: int) -> None:
             pass
 
 
-def exit_status(returncode: int) -> int:
-    """A child's return code as a shell reports it: 128 + N for a process ended by signal N."""
-    return 128 - returncode if returncode < 0 else returncode
-
-
-def repeat_error(record: Path) -> None:
-    """Print the run's recorded error line again (after whatever the launcher printed)."""
-    if record.is_file():
-        sys.stdout.flush()
-        print(record.read_text().strip(), file=sys.stderr, flush=True)
-
-
 def accelerate_launch(options: list[str]) -> int:
     """``accelerate launch OPTIONS...`` in this process; the first failed training process's status, quietly."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # stopped before a training process started: end without a traceback
-    logging.getLogger("accelerate.commands.launch").addFilter(
-        lambda record: not record.getMessage().startswith("The following values were not passed")
-    )
+    hide_defaults_notice()
     from accelerate.commands.launch import launch_command, launch_command_parser
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
@@ -120,7 +107,7 @@ def accelerate_launch(options: list[str]) -> int:
     except subprocess.CalledProcessError as err:  # the one-process launcher
         return exit_status(err.returncode)
     except ChildFailedError as err:  # torch's launcher (several processes): its own log lines came last
-        repeat_error(Path(os.environ.get("DKL_ERROR_FILE", "")))
+        repeat_error()
         return exit_status(err.get_first_failure()[1].exitcode)
     return 0
 

@@ -202,13 +202,14 @@ def evaluate_autoattack(config: EvalConfig) -> dict[str, Any]:
         "weights": report,
     }  # fmt: skip
     if state.is_main_process:
-        write_results(out_dir, entry, config)
+        print(f"results: {write_results(out_dir, entry, config)} (under 'autoattack'; final.autoattack_*)")
     state.wait_for_everyone()
     return entry
 
 
-def write_results(out_dir: Path, entry: dict[str, Any], config: EvalConfig) -> None:
-    """Merge ``entry`` into ``out_dir/results.json`` under ``autoattack`` (created for a bare checkpoint)."""
+def write_results(out_dir: Path, entry: dict[str, Any], config: EvalConfig) -> Path:
+    """Merge ``entry`` into ``out_dir/results.json`` under ``autoattack`` (created for a bare checkpoint);
+    returns its path."""
     results_path = out_dir / "results.json"
     payload = read_results(out_dir) if results_path.is_file() else {}
     if not payload:
@@ -219,6 +220,7 @@ def write_results(out_dir: Path, entry: dict[str, Any], config: EvalConfig) -> N
     payload.setdefault("git_revision", git_revision())
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(payload, results_path)
+    return results_path
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -74,7 +74,8 @@ def test_every_method_trains_two_steps(method, smoke_runs):
 def test_autoattack_eval_writes_results(smoke_runs, digits_dir, launch):
     run_dir = smoke_runs / "ikl"
     args = [f"run_dir={run_dir}", f"data_dir={digits_dir}", "subset=20", "batch_size=10"]
-    launch(__file__, "--eval-small-budget", *args)
+    first = launch(__file__, "--eval-small-budget", *args)
+    assert f"results: {run_dir / 'results.json'}" in first.stdout  # says where it wrote
     results = json.loads((run_dir / "results.json").read_text())
     attack = results["autoattack"]
     assert attack["primary"] == "checkpoint_average" and set(attack["weights"]) == {"raw", "checkpoint_average", "ema"}

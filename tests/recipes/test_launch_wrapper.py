@@ -66,3 +66,47 @@ def test_sigterm_to_makes_process_group_waits_for_the_checkpoint(digits_dir, tmp
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1].startswith("epoch_0001_step_0000000")
     running = [p for p in psutil.process_iter(["cmdline"]) if f"output_dir={run_dir}" in (p.info["cmdline"] or [])]
     assert not running, running
+
+
+# A bare `.venv/bin/accelerate launch` (no wrapper): `make install` puts dkl_train.quiet_launch's start-up hook
+# into the environment, so the launcher adds nothing after a run that said why it ended.
+
+
+@pytest.mark.recipe
+def test_a_user_error_through_bare_accelerate_launch_is_one_line(tmp_path):
+    result = subprocess.run(
+        [ACCELERATE, "launch", "recipes/kd/train.py", "--config", CONFIG, "lr=abc", f"output_dir={tmp_path / 'run'}"],
+        cwd=REPO, env=environment(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    # No CalledProcessError traceback, no notice of the defaults ("--num_processes ... 0"): the run's line alone.
+    assert (result.returncode, (result.stdout + result.stderr).splitlines()) == (
+        2, ["config error: lr: expected a number, got 'abc'"]
+    )  # fmt: skip
+
+
+@pytest.mark.recipe
+def test_bare_accelerate_launch_keeps_the_traceback_of_an_unexplained_failure(tmp_path):
+    script = tmp_path / "fails.py"
+    script.write_text("raise SystemExit(3)\n")  # a script that says nothing about why it failed
+    result = subprocess.run(
+        [ACCELERATE, "launch", "--cpu", str(script)], cwd=REPO, env=environment(), capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1 and "CalledProcessError" in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.recipe
+def test_ctrl_c_through_bare_accelerate_launch_waits_for_the_save(digits_dir, tmp_path):  # noqa: F811
+    """Ctrl-C reaches the terminal's whole group, launcher included: the launcher waits, the run saves after the
+    signalled step and ends with status 130, and nobody prints a KeyboardInterrupt traceback."""
+    from tests.resume.test_preemption import PREEMPT, run_in_own_group
+
+    run_dir = tmp_path / "run"
+    args = ["epochs=2", "max_steps_per_epoch=4", "batch_size=16", "eval_subset=32", "eval_batch_size=32",
+            "num_workers=0", f"data_dir={digits_dir}", f"output_dir={run_dir}"]  # fmt: skip
+    command = [ACCELERATE, "launch", "--cpu", PREEMPT, "6:SIGINT", "recipes/kd/train.py", "--config", CONFIG, *args]
+    status, out = run_in_own_group(command)
+    assert status == 130, out[-3000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+    assert "SIGINT: stopped after optimiser step 6 (inside epoch 2)" in out, out[-3000:]
+    assert (run_dir / "checkpoints" / "epoch_0001_step_00000006").is_dir()

@@ -1,13 +1,14 @@
 """A whole-table sweep for real: the SLURM array script of the KD digits table run with bash, two steps a run.
 
-Task 0 trains the in-table teacher, task 1 a student distilled from it; task 1 started again is
-skipped as finished. The table then holds the student's number and dashes for what did not run.
+Task 0 trains the in-table teacher, a later task the IKL student distilled from it; that task started
+again is skipped as finished. The table then holds the student's number and dashes for what did not run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 
@@ -30,7 +31,7 @@ def test_slurm_array_script_on_digits(digits_dir, tmp_path, capsys):
         "--launch", shlex.join(launcher), "--args", f"data_dir={digits_dir} {TINY}",
     ])  # fmt: skip
     script = runs / "kd" / "sweep_digits.sh"
-    assert f"sbatch --dependency=afterok:$jid --array=1-4 {script}" in capsys.readouterr().out
+    assert f"sbatch --dependency=afterok:$jid --array=1-6 {script}" in capsys.readouterr().out
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
     env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
 
@@ -42,15 +43,16 @@ def test_slurm_array_script_on_digits(digits_dir, tmp_path, capsys):
         assert result.returncode == 0, result.stdout[-6000:]
         return result.stdout
 
+    ikl = int(re.search(r"^\s*(\d+)\) RUN=\S*/digits_resnet14_resnet8_ikl/", script.read_text(), re.M).group(1))
     task(0)
-    task(1)
+    task(ikl)
     teacher = runs / "kd" / "digits_teacher_resnet14_ce" / "seed0"
     student = runs / "kd" / "digits_resnet14_resnet8_ikl" / "seed0"
     result = json.loads((student / "results.json").read_text())
     assert result["global_steps"] == 2 and result["config"]["teacher_checkpoint"] == str(teacher / "model.pth")
     assert result["config"]["seed"] == 0 and (teacher / "model.pth").is_file()
 
-    again = task(1)
+    again = task(ikl)
     assert f"{student}: finished" in again and "epoch 1/1" not in again  # skipped: nothing trained
 
     lines = (runs / "kd" / "TABLE_digits.md").read_text().splitlines()

@@ -1,4 +1,5 @@
-"""Every ```python block of packages/dkl-core/README.md runs as written; the temperature conventions are documented."""
+"""Every ```python block of packages/dkl-core/README.md and of the main README runs as written (pasted into a
+fresh interpreter); the temperature conventions are documented."""
 
 import re
 from pathlib import Path
@@ -7,21 +8,23 @@ import pytest
 
 import dkl_core
 
-README = Path(__file__).resolve().parents[2] / "packages" / "dkl-core" / "README.md"
+REPO = Path(__file__).resolve().parents[2]
+README = REPO / "packages" / "dkl-core" / "README.md"
 FENCE = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
-def python_blocks() -> list[tuple[str, str]]:
-    """``(name, source)`` of each block, named by its position and first line in the README."""
-    text = README.read_text(encoding="utf-8")
+def python_blocks(readme: Path) -> list[tuple[str, str]]:
+    """``(name, source)`` of each block, named by its README, position and first line."""
+    text = readme.read_text(encoding="utf-8")
     blocks = []
     for number, match in enumerate(FENCE.finditer(text), start=1):
         line = text.count("\n", 0, match.start(1)) + 1
-        blocks.append((f"block {number} (README.md line {line})", match.group(1)))
+        blocks.append((f"{readme.relative_to(REPO)} block {number} (line {line})", match.group(1)))
     return blocks
 
 
-BLOCKS = python_blocks()
+BLOCKS = python_blocks(README)
+MAIN_BLOCKS = python_blocks(REPO / "README.md")
 
 
 def test_the_readme_has_examples_for_the_losses_and_the_attacks():
@@ -40,13 +43,14 @@ def test_the_readme_has_examples_for_the_losses_and_the_attacks():
         assert name in sources, f"no README example uses dkl_core.attacks.{name}"
 
 
-@pytest.mark.parametrize(("name", "source"), BLOCKS, ids=[name for name, _ in BLOCKS])
+@pytest.mark.parametrize(("name", "source"), BLOCKS + MAIN_BLOCKS, ids=[name for name, _ in BLOCKS + MAIN_BLOCKS])
 def test_python_block_runs_as_written(name, source, capsys):
-    code = compile(source, f"<{README.name} {name}>", "exec")
+    assert MAIN_BLOCKS, "the main README's dkl-core example is gone"
+    code = compile(source, f"<{name}>", "exec")
     try:
         exec(code, {"__name__": "__readme__"})
     except Exception as error:  # noqa: BLE001 - any failure is reported with the block's name
-        pytest.fail(f"{name} of {README} fails: {type(error).__name__}: {error}\n--- the block ---\n{source}")
+        pytest.fail(f"{name} fails: {type(error).__name__}: {error}\n--- the block ---\n{source}")
     if "autoattack_evaluation" in source:
         pytest.importorskip("pyautoattack")  # installed in the development environment: the guarded part ran
         out = capsys.readouterr().out

@@ -90,4 +90,12 @@ def test_one_tensorboard_entry_per_run_with_its_hparams(tmp_path, capsys):
     assert b"weight_decay" in stored["_hparams_/session_start_info"]  # the run's settings, in its own entry
     out = capsys.readouterr().out
     assert f"results: {tmp_path / 'run' / 'results.json'}" in out and f"TensorBoard: {tb}" in out
+    # No REPORT.md yet: the command that writes it, not a path that does not exist.
+    assert f"make report RUNS={tmp_path} (writes {tmp_path / 'REPORT.md'})" in out and "report: " not in out
     assert json.loads((tmp_path / "run" / "results.json").read_text())["final"] == {"top1": 1.0}
+
+
+def test_end_of_run_names_an_existing_report(tmp_path, capsys):
+    (tmp_path / "REPORT.md").write_text("# earlier report\n")
+    Run(config(output_dir=tmp_path / "run", epochs=1, report_to="[]")).finish({"top1": 1.0})
+    assert f"report: {tmp_path / 'REPORT.md'} (mean +- std" in capsys.readouterr().out

@@ -119,8 +119,7 @@ class RunRecords:
         self.say(f"results: {results}")
         if self.tracker_dir is not None:
             self.say(f"TensorBoard: {self.tracker_dir} (.venv/bin/tensorboard --logdir {self.tracker_dir})")
-        report = self.run_dir.parent / "REPORT.md"
-        self.say(f"report: {report}, mean +- std over the runs beside this one (make report RUNS={report.parent})")
+        self.say(report_hint(self.run_dir.parent))
         return payload
 
     def results(self, final_metrics: dict[str, float] | None, extra: dict[str, Any] | None) -> dict[str, Any]:
@@ -152,3 +151,11 @@ def _versions() -> dict[str, str]:
     import accelerate
 
     return {"torch": torch.__version__, "accelerate": accelerate.__version__}
+
+
+def report_hint(runs: Path) -> str:
+    """Where the mean +- std over the runs in ``runs`` is, or the command that writes it (no report yet)."""
+    report = runs / "REPORT.md"
+    if report.is_file():
+        return f"report: {report} (mean +- std over the runs beside this one; refresh: make report RUNS={runs})"
+    return f"mean +- std over the runs beside this one: make report RUNS={runs} (writes {report})"
