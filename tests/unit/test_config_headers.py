@@ -22,7 +22,9 @@ def test_run_line_uses_make_or_the_environments_launcher(path):
     runs = re.findall(r"^# Run: (.*)$", path.read_text(), re.M)
     assert runs, f"{path.name}: no '# Run:' line"
     for command in runs:
-        assert command.startswith(("make ", ".venv/bin/")), f"{path.name}: {command}"  # a bare `accelerate` is not on PATH
+        assert command.startswith(("make ", ".venv/bin/")), (
+            f"{path.name}: {command}"
+        )  # a bare `accelerate` is not on PATH
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
