@@ -96,13 +96,14 @@ class ImageLabelPairs(torch.utils.data.Dataset):
         return item["image"], item["label"]
 
 
-def load_test_pairs(dataset: str, data_dir: str, subset: int) -> ImageLabelPairs:
-    """The test split in [0, 1] (no normalisation, no augmentation), optionally its first ``subset`` images."""
+def load_pairs(dataset: str, data_dir: str, subset: int = 0, split: str = "test") -> ImageLabelPairs:
+    """A split (the test split by default) in [0, 1] (no normalisation, no augmentation), optionally its first
+    ``subset`` images."""
     spec = get_spec(dataset)
-    split = load_prepared(dataset, data_dir)["test"]
+    images = load_prepared(dataset, data_dir)[split]
     if subset:
-        split = split.select(range(min(subset, len(split))))
-    return ImageLabelPairs(TransformedDataset(split, build_transform(spec, train=False, normalize=False)))
+        images = images.select(range(min(subset, len(images))))
+    return ImageLabelPairs(TransformedDataset(images, build_transform(spec, train=False, normalize=False)))
 
 
 def load_model(name: str, num_classes: int, path: str | Path, **options: Any) -> nn.Module:
@@ -161,7 +162,7 @@ def evaluate_autoattack(config: EvalConfig) -> dict[str, Any]:
 
     state = PartialState()  # initialises torch.distributed under `accelerate launch --num_processes N`
     out_dir, settings, models = candidates(config)
-    data = load_test_pairs(settings["dataset"], settings["data_dir"], config.subset)
+    data = load_pairs(settings["dataset"], settings["data_dir"], config.subset)
     progress_dir = out_dir / "autoattack"
     report: dict[str, Any] = {}
     for label, model in models:
