@@ -74,14 +74,17 @@ def test_sigterm_to_makes_process_group_waits_for_the_checkpoint(digits_dir, tmp
 
 @pytest.mark.recipe
 def test_a_user_error_through_bare_accelerate_launch_is_one_line(tmp_path):
+    temporary = tmp_path / "tmp"  # where the launcher keeps the run's error record
+    temporary.mkdir()
     result = subprocess.run(
         [ACCELERATE, "launch", "recipes/kd/train.py", "--config", CONFIG, "lr=abc", f"output_dir={tmp_path / 'run'}"],
-        cwd=REPO, env=environment(), capture_output=True, text=True, timeout=300,
+        cwd=REPO, env={**environment(), "TMPDIR": str(temporary)}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     # No CalledProcessError traceback, no notice of the defaults ("--num_processes ... 0"): the run's line alone.
     assert (result.returncode, (result.stdout + result.stderr).splitlines()) == (
         2, ["config error: lr: expected a number, got 'abc'"]
     )  # fmt: skip
+    assert not list(temporary.glob("dkl-error-*"))  # the record is gone with the launcher
 
 
 @pytest.mark.recipe

@@ -34,6 +34,7 @@ PTH_NAME = "dkl_train_quiet_launch.pth"
 # to continue; a user error (2) counts only when the run recorded it (another script may exit 2 for anything).
 STOPPED = (130, 143)
 USER_ERROR = 2
+_installed = False
 
 
 def exit_status(returncode: int) -> int:
@@ -61,13 +62,16 @@ def is_accelerate_launch(argv: list[str]) -> bool:
 def install(argv: list[str] | None = None) -> None:
     """Under ``accelerate launch``: hide the notice, let Ctrl-C wait for the run, end a failure the run has
     explained with its status alone. Anything else: nothing."""
-    if not is_accelerate_launch(sys.argv if argv is None else argv):
-        return
+    global _installed
+    if _installed or not is_accelerate_launch(sys.argv if argv is None else argv):
+        return  # once: site.py may read the .pth twice (lib and lib64 name the same folder)
+    _installed = True
     import atexit
     import shutil
     import signal
     import tempfile
 
+    folder = None
     if not os.environ.get("DKL_ERROR_FILE"):  # where the run records its error (dkl_train.errors.record_error)
         folder = tempfile.mkdtemp(prefix="dkl-error-")
         atexit.register(shutil.rmtree, folder, True)
@@ -86,7 +90,9 @@ def install(argv: list[str] | None = None) -> None:
             return
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(status)  # the launcher has nothing left to do; its own exit would print the traceback
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        os._exit(status)  # the launcher has nothing left to do; a normal exit would end with status 1
 
     sys.excepthook = quiet
 
