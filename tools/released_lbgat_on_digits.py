@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     from dkl_recipe_adv.train import AdvConfig
 
     from dkl_train.config import load_config
+    from dkl_train.errors import report_user_errors
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("clone", type=Path, help="a clone of https://github.com/dvlab-research/LBGAT")
@@ -108,11 +109,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="key=value settings of the config")
     args = parser.parse_intermixed_args(argv)
     overrides = [*args.overrides, f"seed={args.seed}"] + ([f"epochs={args.epochs}"] if args.epochs else [])
-    config = load_config(AdvConfig, CONFIG, overrides)
-    module = released_module(args.clone)
-    if not torch.cuda.is_available():
-        torch.Tensor.cuda = lambda self, *_args, **_kwargs: self  # the released start noise calls .cuda()
-    train(config, module.lbgat_loss)
+    with report_user_errors():  # a bad setting or a missing dataset: one line, status 2
+        config = load_config(AdvConfig, CONFIG, overrides)
+        module = released_module(args.clone)
+        if not torch.cuda.is_available():
+            torch.Tensor.cuda = lambda self, *_args, **_kwargs: self  # the released start noise calls .cuda()
+        train(config, module.lbgat_loss)
 
 
 if __name__ == "__main__":

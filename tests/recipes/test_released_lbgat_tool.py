@@ -57,3 +57,12 @@ def test_a_missing_clone_is_named(tmp_path):
 
     with pytest.raises(SystemExit, match=r"lbgat.py not found: clone https://github.com/dvlab-research/LBGAT"):
         released_module(tmp_path / "nowhere")
+
+
+def test_a_bad_setting_is_one_line(tmp_path, capsys):
+    from tools.released_lbgat_on_digits import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main([str(tmp_path), "lr=abc"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines() == ["error: lr: expected a number, got 'abc'"]
