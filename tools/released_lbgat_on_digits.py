@@ -65,8 +65,9 @@ def train(config: Any, loss_fn: Callable[..., torch.Tensor], say: Callable[[str]
     from dkl_train.optim import build_optimizer, learning_rate
 
     torch.manual_seed(config.seed)
-    x_train, y_train = tensors(config.dataset, config.data_dir or "data", "train")
-    x_test, y_test = tensors(config.dataset, config.data_dir or "data", "test")
+    data_dir = config.data_dir or "data"
+    x_train, y_train = tensors(config.dataset, data_dir, "train")
+    x_test, y_test = tensors(config.dataset, data_dir, "test")
     classes = int(y_train.max()) + 1
     robust = create_model(config.model, classes, **config.model_kwargs)
     natural = create_model(config.natural_model, classes, **config.natural_model_kwargs)
